@@ -1,0 +1,34 @@
+"""Named dependencies read from ``app.state`` (built in `create_app`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.registry.cache import ModelCache
+from service.registry.store import Registry
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.runtime.settings
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.runtime.registry
+
+
+def get_cache(request: Request) -> ModelCache:
+    return request.app.state.runtime.cache
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+CacheDep = Annotated[ModelCache, Depends(get_cache)]

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from service.api.deps import RuntimeDep
+from service.forecasting import plots
+from service.forecasting.served import PredictQuery
+from service.schemas.predict import PredictRequest, PredictResponse, normalize_series
+from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
+
+router = APIRouter(prefix="/v1/models", tags=["predict"])
+
+JSON, CSV, ARROW = "application/json", "text/csv", "application/vnd.apache.arrow.stream"
+PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+def negotiate(accept: str | None) -> str:
+    accept = accept or ""
+    if ARROW in accept:
+        return ARROW
+    if CSV in accept and JSON not in accept:
+        return CSV
+    return JSON
+
+
+@router.post(
+    "/{name}/predict",
+    summary="Forecasts of a version (default: alias production)",
+    response_model=PredictResponse,
+    responses={
+        200: {"content": {CSV: {}, ARROW: {}}, "description": "The forecast table (JSON, CSV or Arrow IPC stream)"},
+        404: {"description": "Unknown model, version, alias or series", **PROBLEM},
+        413: {"description": "Body over the size limit", **PROBLEM},
+        422: {"description": "Invalid request: the detail names the field", **PROBLEM},
+    },
+)
+async def predict(
+    name: Annotated[str, Path(examples=["airline"])], body: PredictRequest, request: Request, runtime: RuntimeDep
+) -> Response:
+    served = runtime.cache.get(name, body.version, body.alias)
+    media = negotiate(request.headers.get("accept"))
+    query = body.to_query(served.schema.keys)
+    cache_key = query.cache_key()
+    if cache_key is not None:
+        cache_key = (name, served.version, cache_key, media)
+        cached = runtime.responses.get(cache_key)
+        if cached is not None:
+            return Response(cached, media_type=media, headers=_headers(served, served.cutoff))
+    answer = served.try_fast(query, runtime.limits) or await runtime.run_blocking(
+        served.answer, query, runtime.limits, timeout=runtime.settings.live_predict_timeout
+    )
+    if media == JSON:
+        payload = encode_json(
+            {
+                "model": name,
+                "version": served.version,
+                "cutoff": format_time(answer.cutoff),
+                "freq": served.freq,
+                "forecast": json_columns(answer.columns),
+            }
+        )
+    else:
+        payload = encode_arrow(answer.columns) if media == ARROW else encode_csv(answer.columns)
+    if cache_key is not None and answer.fast:
+        runtime.responses.put(cache_key, payload)
+    return Response(payload, media_type=media, headers=_headers(served, answer.cutoff))
+
+
+def _headers(served, cutoff) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {
+        "X-Model": served.name,
+        "X-Model-Version": str(served.version),
+        "X-Cutoff": str(format_time(cutoff)),
+    }
+
+
+@router.get(
+    "/{name}/forecast.png",
+    summary="Plot: history, forecast and interval band",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: PROBLEM, 422: PROBLEM},
+)
+async def forecast_png(
+    name: Annotated[str, Path(examples=["airline"])],
+    runtime: RuntimeDep,
+    series: Annotated[
+        list[str] | None,
+        Query(description="Series to draw, key values joined by '/', e.g. 'Food preparation/Hobs'; repeatable"),
+    ] = None,
+    horizon: Annotated[int | None, Query(ge=1)] = None,
+    coverage: Annotated[float | None, Query(gt=0, lt=1)] = None,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    alias: str | None = None,
+) -> Response:
+    served = runtime.cache.get(name, version, alias)
+    keys = served.schema.keys
+    chosen = tuple(normalize_series(s.split("/"), keys) for s in series) if series else None
+    query = PredictQuery(horizon=horizon, series=chosen, coverage=(coverage,) if coverage else ())
+    png = await runtime.run_blocking(plots.forecast_png, runtime.registry, served, query, runtime.limits)
+    return Response(png, media_type="image/png")

@@ -1,0 +1,61 @@
+"""`create_app(settings)`: routers, the error table, lifespan (scan + watch the registry)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import warnings
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import problems
+from service.api.limits import BodySizeLimit
+from service.api.routes import health, models, predict
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def quiet_sktime_warnings() -> None:
+    """sktime 1.2 warns on every estimator it clones about a 1.3 default; ours set it."""
+    warnings.filterwarnings("ignore", message=".*remember_data.*", category=FutureWarning)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    quiet_sktime_warnings()
+    runtime = Runtime.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.stop.clear()
+        await asyncio.to_thread(runtime.registry.cleanup_staging)
+        initial = asyncio.create_task(asyncio.to_thread(runtime.cache.refresh))
+        watcher = asyncio.create_task(runtime.cache.watch(settings.poll_interval, runtime.stop))
+        try:
+            yield
+        finally:
+            runtime.stop.set()
+            for task in (initial, watcher):
+                with contextlib.suppress(Exception):
+                    await task
+            runtime.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="forecast-service",
+        version=__version__,
+        description="Serve sktime forecasters from a versioned model registry: single, panel and "
+        "hierarchical forecasts, intervals and quantiles, hot-reloaded versions.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    problems.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
+    return app

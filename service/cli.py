@@ -1,0 +1,232 @@
+"""The `forecast-service` command: serve, and the registry offline."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.errors import ServiceError
+
+app = typer.Typer(help="Serve sktime forecasters from a versioned model registry.", no_args_is_help=True)
+models_app = typer.Typer(help="Inspect the registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+err_console = Console(stderr=True)
+
+RegistryOption = Annotated[
+    Path | None, typer.Option("--registry", "-r", help="Registry folder (default: FORECAST_REGISTRY or ./models)")
+]
+
+
+def _settings(registry: Path | None = None, **overrides: Any) -> Any:
+    from service.settings import Settings
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if registry is not None:
+        values["registry"] = registry
+    return Settings(**values)
+
+
+def _registry(registry: Path | None) -> Any:
+    from service.app import quiet_sktime_warnings
+    from service.registry.store import Registry
+
+    quiet_sktime_warnings()
+    return Registry(_settings(registry).registry)
+
+
+def _fail(exc: ServiceError) -> None:
+    err_console.print(f"[red]error:[/red] {exc.detail}")
+    raise typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+
+
+def train_models(registry: Any, names: list[str]) -> dict[str, int]:
+    """Train and publish ``names`` with a progress bar (stages per model)."""
+    from service.forecasting.training import train_and_publish
+
+    stages = ["loading data", "fitting", "publishing"]
+    published = {}
+    with _progress() as progress:
+        overall = progress.add_task("training", total=len(names) * len(stages))
+        for name in names:
+            started = time.perf_counter()
+
+            def advance(stage: str, name: str = name) -> None:
+                progress.update(overall, description=f"{name}: {stage}")
+                progress.advance(overall)
+
+            published[name] = train_and_publish(registry, name, progress=advance)
+            err_console.print(f"  {name}: v{published[name]} in {time.perf_counter() - started:.1f}s")
+    return published
+
+
+@app.command()
+def serve(
+    registry: RegistryOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (FORECAST_HOST, default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (FORECAST_PORT, default 8000)")] = None,
+    train_missing: Annotated[
+        bool, typer.Option("--train-missing", help="First train every model that has a spec but no version")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the registry over HTTP (uvicorn)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(registry, host=host, port=port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if train_missing or settings.train_missing:
+        reg = _registry(settings.registry)
+        reg.cleanup_staging()
+        missing = [n for n in reg.list_models() if reg.read_spec_raw(n) is not None and not reg.list_versions(n)]
+        if missing:
+            err_console.print(f"training {len(missing)} model(s) without a version: {', '.join(missing)}")
+            try:
+                train_models(reg, missing)
+            except ServiceError as exc:
+                _fail(exc)
+    _check_port_free(settings.host, settings.port)
+    if workers > 1:
+        err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")
+        uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            err_console.print(f"[red]error:[/red] cannot bind {host}:{port}: {exc.strerror}")
+            raise typer.Exit(code=2) from None
+
+
+@models_app.command("list")
+def models_list(registry: RegistryOption = None) -> None:
+    """Models with their kind, versions and production version."""
+    reg = _registry(registry)
+    table = Table("name", "kind", "freq", "versions", "production", "description")
+    for name in reg.list_models():
+        spec = None
+        try:
+            spec = reg.read_spec(name)
+        except ServiceError as exc:
+            err_console.print(f"[yellow]{name}: {exc.detail}[/yellow]")
+        versions = reg.list_versions(name)
+        table.add_row(
+            name,
+            (spec.kind if spec else "") or "",
+            (spec.freq if spec else "") or "",
+            ", ".join(map(str, versions)) or "-",
+            str(reg.read_aliases(name).get("production", "-")),
+            (spec.description if spec else "")[:60],
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: str, registry: RegistryOption = None) -> None:
+    """Spec, versions, aliases and the latest manifest of one model, as JSON."""
+    reg = _registry(registry)
+    try:
+        reg.require_model(name)
+        versions = reg.list_versions(name)
+        doc = {
+            "name": name,
+            "spec": reg.read_spec_raw(name),
+            "versions": versions,
+            "aliases": reg.read_aliases(name),
+            "latest_manifest": reg.read_manifest(name, versions[-1]) if versions else None,
+        }
+    except ServiceError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(doc, default=str))
+
+
+@app.command()
+def train(
+    name: str,
+    registry: RegistryOption = None,
+    promote: Annotated[bool, typer.Option(help="Point 'production' at the new version")] = True,
+) -> None:
+    """Fit a model's spec on its declared data and publish a new version."""
+    reg = _registry(registry)
+    try:
+        version = train_models(reg, [name])[name]
+    except ServiceError as exc:
+        _fail(exc)
+    if not promote:
+        console.print(f"{name} v{version} published (production unchanged)")
+    else:
+        console.print(f"{name} v{version} published and promoted to production")
+
+
+@app.command()
+def publish(
+    name: str,
+    file: Annotated[Path, typer.Argument(help="A fitted sktime forecaster: sktime save() .zip or a joblib/pickle file")],
+    registry: RegistryOption = None,
+    horizon: Annotated[int | None, typer.Option(help="Default horizon (default: the spec's, or 12)")] = None,
+    promote: Annotated[bool, typer.Option(help="Point 'production' at the new version")] = False,
+) -> None:
+    """Publish a forecaster fitted elsewhere (e.g. in a notebook) as a new version."""
+    from service.forecasting.publishing import publish_fitted, read_fitted
+
+    reg = _registry(registry)
+    try:
+        forecaster = read_fitted(file)
+        version = publish_fitted(reg, name, forecaster, horizon=horizon)
+        if promote:
+            reg.set_alias(name, "production", version)
+    except ServiceError as exc:
+        _fail(exc)
+    console.print(f"{name} v{version} published" + (" and promoted to production" if promote else ""))
+
+
+@app.command()
+def promote(
+    name: str,
+    version: int,
+    alias: Annotated[str, typer.Option(help="Alias to move")] = "production",
+    registry: RegistryOption = None,
+) -> None:
+    """Point an alias at a version (promotion and rollback)."""
+    reg = _registry(registry)
+    try:
+        aliases = reg.set_alias(name, alias, version)
+    except ServiceError as exc:
+        _fail(exc)
+    console.print(f"{name}: {alias} -> v{version}  ({json.dumps(aliases)})")
+
+
+def main() -> None:
+    app()

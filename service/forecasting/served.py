@@ -1,0 +1,355 @@
+"""A loaded version ready to answer forecasts: the fast path from precomputed tables,
+the live path through sktime (serialised per version, or on a private copy)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, LimitExceeded, SeriesNotFound
+from service.forecasting.predict import cutoff_of, future_times, run_forecast, steps_of
+from service.tables import (
+    TOTAL,
+    Schema,
+    canonical_table,
+    interval_columns,
+    parse_times,
+    quantile_column,
+    to_sktime,
+    wire_columns,
+)
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """A validated-by-shape forecast request; `ServedVersion.answer` checks its content."""
+
+    horizon: int | None = None
+    fh: tuple[int, ...] | None = None
+    timestamps: tuple[Any, ...] | None = None
+    series: tuple[tuple[str, ...], ...] | None = None
+    coverage: tuple[float, ...] = ()
+    quantiles: tuple[float, ...] = ()
+    exogenous: pd.DataFrame | None = field(default=None, compare=False, hash=False)
+    observations: pd.DataFrame | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def needs_live(self) -> bool:
+        return self.exogenous is not None or self.observations is not None
+
+    def cache_key(self) -> tuple[Any, ...] | None:
+        """A hashable key for requests whose answer depends only on the version."""
+        if self.needs_live:
+            return None
+        return (self.horizon, self.fh, self.timestamps, self.series, self.coverage, self.quantiles)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_horizon: int = 500
+    max_series: int = 5000
+    max_rows: int = 200_000
+
+
+@dataclass
+class Answer:
+    columns: dict[str, np.ndarray]
+    cutoff: Any
+    fast: bool
+
+
+class FastTable:
+    """The precomputed default forecast of a version, sliceable by step, series, columns."""
+
+    def __init__(self, table: pd.DataFrame, schema: Schema, cutoff: Any, coverage: Sequence[float], quantiles: Sequence[float]) -> None:
+        self.schema = schema
+        self.coverage = tuple(coverage)
+        self.quantiles = tuple(quantiles)
+        times = pd.Index(table[schema.time])
+        self.steps = np.asarray(steps_of(times, cutoff), dtype="int64")
+        self.horizon = int(self.steps.max()) if len(self.steps) else 0
+        self.columns = wire_columns(table, schema)
+        if schema.keys:
+            keys = list(zip(*(self.columns[k] for k in schema.keys), strict=True))
+            codes, uniques = pd.factorize(pd.Series(keys, dtype=object))
+            self.series_codes = np.asarray(codes)
+            self.series_ids = {tuple(u): i for i, u in enumerate(uniques)}
+        else:
+            self.series_codes = np.zeros(len(self.steps), dtype="int64")
+            self.series_ids = {(): 0}
+
+    def covers(self, steps: Sequence[int], coverage: Sequence[float], quantiles: Sequence[float]) -> bool:
+        return (
+            all(1 <= s <= self.horizon for s in steps)
+            and set(coverage) <= set(self.coverage)
+            and set(quantiles) <= set(self.quantiles)
+        )
+
+    def select(
+        self, steps: Sequence[int], series: Sequence[tuple[str, ...]] | None, names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        if list(steps) == list(range(1, self.horizon + 1)) and series is None:
+            mask = None
+        else:
+            mask = np.isin(self.steps, np.asarray(steps, dtype="int64"))
+            if series is not None:
+                wanted = [self.series_ids[s] for s in series]
+                mask &= np.isin(self.series_codes, np.asarray(wanted, dtype="int64"))
+        return {n: (self.columns[n] if mask is None else self.columns[n][mask]) for n in names}
+
+
+class ServedVersion:
+    """One loaded version. ``forecaster`` is shared: live calls hold ``lock`` or copy it."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        manifest: Mapping[str, Any],
+        forecaster: Any,
+        precomputed: pd.DataFrame | None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.manifest = dict(manifest)
+        self.schema = Schema.from_dict(manifest["schema"])
+        self.forecaster = forecaster
+        self.lock = threading.Lock()
+        self.cutoff = cutoff_of(forecaster)
+        self.capabilities = manifest.get("capabilities", {})
+        self.series = self._series_ids()
+        pre = manifest.get("precomputed") or {}
+        if precomputed is None and not self.schema.exogenous:
+            precomputed = run_forecast(
+                copy.deepcopy(forecaster),
+                self.schema,
+                list(range(1, int(manifest.get("horizon", 1)) + 1)),
+                pre.get("coverage", []),
+                pre.get("quantiles", []),
+            )
+        self.fast = (
+            FastTable(precomputed, self.schema, self.cutoff, pre.get("coverage", []), pre.get("quantiles", []))
+            if precomputed is not None
+            else None
+        )
+
+    # ------------------------------------------------------------------ facts
+    def _series_ids(self) -> list[tuple[str, ...]]:
+        if not self.schema.keys:
+            return [()]
+        leaves = [tuple(s) for s in self.manifest.get("series", {}).get("ids", [])]
+        if self.schema.kind != "hierarchical":
+            return leaves
+        nodes = set(leaves)
+        depth = len(self.schema.keys)
+        for leaf in leaves:
+            for level in range(depth):
+                nodes.add(tuple(leaf[:level]) + (TOTAL,) * (depth - level))
+        return sorted(nodes)
+
+    @property
+    def freq(self) -> str | None:
+        return self.schema.freq
+
+    @property
+    def default_horizon(self) -> int:
+        return int(self.manifest.get("horizon", 1))
+
+    def output_columns(self, coverage: Sequence[float], quantiles: Sequence[float]) -> list[str]:
+        names = [*self.schema.keys, self.schema.time, *self.schema.targets]
+        for target in self.schema.targets:
+            for c in coverage:
+                names.extend(interval_columns(target, c))
+        for target in self.schema.targets:
+            names.extend(quantile_column(target, q) for q in quantiles)
+        return names
+
+    # ------------------------------------------------------------------ checks
+    def _check_probabilistic(self, query: PredictQuery) -> None:
+        for asked, capability in ((query.coverage, "pred_int"), (query.quantiles, "quantiles")):
+            if not asked:
+                continue
+            status = self.capabilities.get(capability) or {}
+            if not status.get("available"):
+                raise CapabilityUnavailable(
+                    f"{self.name} v{self.version} cannot give {'intervals' if capability == 'pred_int' else 'quantiles'}: "
+                    f"{status.get('reason') or 'not supported'}",
+                    capability="capability:pred_int",
+                    field="coverage" if capability == "pred_int" else "quantiles",
+                )
+
+    def _check_series(self, query: PredictQuery, limits: Limits) -> tuple[tuple[str, ...], ...] | None:
+        if query.series is None:
+            return None
+        if len(query.series) > limits.max_series:
+            raise LimitExceeded(
+                f"{len(query.series)} series requested; at most {limits.max_series}", field="series"
+            )
+        if not self.schema.keys:
+            raise InvalidInput(f"{self.name} forecasts a single series; drop 'series'", field="series")
+        known = set(self.series)
+        depth = len(self.schema.keys)
+        for s in query.series:
+            if len(s) != depth:
+                raise InvalidInput(
+                    f"series {list(s)} must have {depth} key value(s): {list(self.schema.keys)}", field="series"
+                )
+            if s not in known:
+                raise SeriesNotFound(f"{self.name} has no series {list(s)}", series=list(s), field="series")
+        return tuple(dict.fromkeys(query.series))
+
+    def _steps(self, query: PredictQuery, cutoff: Any, limits: Limits) -> list[int]:
+        given = [x is not None for x in (query.horizon, query.fh, query.timestamps)]
+        if sum(given) > 1:
+            raise InvalidInput("give one of 'horizon', 'fh' or 'timestamps'", field="horizon")
+        if query.fh is not None:
+            steps = sorted(set(query.fh))
+            if not steps:
+                raise InvalidInput("'fh' must list at least one step", field="fh")
+            field_name = "fh"
+        elif query.timestamps is not None:
+            if not query.timestamps:
+                raise InvalidInput("'timestamps' must list at least one time", field="timestamps")
+            times = parse_times(list(query.timestamps), self.freq, "timestamps")
+            steps = sorted(set(steps_of(times, cutoff)))
+            field_name = "timestamps"
+        else:
+            horizon = query.horizon if query.horizon is not None else self.default_horizon
+            steps = list(range(1, horizon + 1)) if horizon >= 1 else [horizon]
+            field_name = "horizon"
+        if steps[0] < 1:
+            raise InvalidInput(
+                f"'{field_name}' must point after the cutoff {cutoff} (steps >= 1)", field=field_name
+            )
+        if steps[-1] > limits.max_horizon:
+            raise LimitExceeded(
+                f"'{field_name}' reaches {steps[-1]} steps ahead; the maximum is {limits.max_horizon}",
+                field=field_name,
+                maximum=limits.max_horizon,
+            )
+        return steps
+
+    # ------------------------------------------------------------------ answer
+    def try_fast(self, query: PredictQuery, limits: Limits) -> Answer | None:
+        """Validate and answer from the precomputed table, or None when sktime is needed.
+        Cheap: safe to call on the event loop."""
+        if query.needs_live or self.schema.exogenous or self.fast is None:
+            return None
+        self._check_probabilistic(query)
+        series = self._check_series(query, limits)
+        steps = self._steps(query, self.cutoff, limits)
+        coverage, quantiles = list(query.coverage), list(query.quantiles)
+        if not self.fast.covers(steps, coverage, quantiles):
+            return None
+        return Answer(self.fast.select(steps, series, self.output_columns(coverage, quantiles)), self.cutoff, fast=True)
+
+    def answer(self, query: PredictQuery, limits: Limits) -> Answer:
+        """Validate ``query`` against this version and forecast (fast path when possible).
+        May call sktime: run it off the event loop."""
+        self._check_probabilistic(query)
+        series = self._check_series(query, limits)
+        if query.observations is not None:
+            return self._answer_with_observations(query, series, limits)
+        steps = self._steps(query, self.cutoff, limits)
+        coverage, quantiles = list(query.coverage), list(query.quantiles)
+        names = self.output_columns(coverage, quantiles)
+        if self.schema.exogenous:
+            x = self._future_exogenous(query.exogenous, self.cutoff, steps, limits)
+            with self.lock:
+                table = run_forecast(self.forecaster, self.schema, steps, coverage, quantiles, x)
+            return Answer(self._finish(table, series, names), self.cutoff, fast=False)
+        if self.fast is not None and self.fast.covers(steps, coverage, quantiles):
+            return Answer(self.fast.select(steps, series, names), self.cutoff, fast=True)
+        with self.lock:
+            table = run_forecast(self.forecaster, self.schema, steps, coverage, quantiles)
+        return Answer(self._finish(table, series, names), self.cutoff, fast=False)
+
+    def _answer_with_observations(
+        self, query: PredictQuery, series: tuple[tuple[str, ...], ...] | None, limits: Limits
+    ) -> Answer:
+        assert query.observations is not None
+        if len(query.observations) > limits.max_rows:
+            raise LimitExceeded(f"'observations' has {len(query.observations)} rows; at most {limits.max_rows}", field="observations")
+        table = canonical_table(query.observations, self.schema, what="observations")
+        first = table.groupby(list(self.schema.keys), sort=False)[self.schema.time].min() if self.schema.keys else table[self.schema.time].iloc[:1]
+        expected = self.cutoff + 1
+        late = [t for t in first if t != expected]
+        if late:
+            raise InvalidInput(
+                f"'observations' must continue right after the cutoff {self.cutoff}: every series starts at {expected}, "
+                f"found {late[0]}",
+                field="observations",
+            )
+        leaves = set(self.series) if self.schema.kind != "hierarchical" else {s for s in self.series if TOTAL not in s}
+        if self.schema.keys:
+            unknown = {tuple(k) for k in table[list(self.schema.keys)].drop_duplicates().itertuples(index=False)} - leaves
+            if unknown:
+                raise SeriesNotFound(f"'observations' name unknown series {sorted(unknown)[:5]}", field="observations")
+        y_new, x_new = to_sktime(table, self.schema)
+        new_cutoff = table[self.schema.time].max()
+        steps = self._steps(query, new_cutoff, limits)
+        x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
+        coverage, quantiles = list(query.coverage), list(query.quantiles)
+        private = copy.deepcopy(self.forecaster)  # the served model never mutates
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                private.update(y_new, X=x_new, update_params=False)
+        except Exception as exc:
+            raise ForecastFailed(f"update with the observations failed: {type(exc).__name__}: {exc}"[:1000]) from exc
+        result = run_forecast(private, self.schema, steps, coverage, quantiles, x_future)
+        names = self.output_columns(coverage, quantiles)
+        return Answer(self._finish(result, series, names), cutoff_of(private), fast=False)
+
+    def _future_exogenous(self, frame: pd.DataFrame | None, cutoff: Any, steps: list[int], limits: Limits) -> pd.DataFrame:
+        columns = list(self.schema.exogenous)
+        if frame is None:
+            raise CapabilityUnavailable(
+                f"{self.name} was fitted with exogenous data: send 'exogenous' with columns {columns} "
+                f"for the forecast times",
+                field="exogenous",
+                missing_columns=columns,
+            )
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise InvalidInput(f"'exogenous' lacks column(s) {missing}", field="exogenous", missing_columns=missing)
+        if len(frame) > limits.max_rows:
+            raise LimitExceeded(f"'exogenous' has {len(frame)} rows; at most {limits.max_rows}", field="exogenous")
+        table = canonical_table(frame, self.schema, what="exogenous", columns=columns, contiguous=False)
+        needed_times = future_times(cutoff, list(range(1, max(steps) + 1)))
+        if self.schema.keys:
+            leaves = [s for s in self.series if TOTAL not in s]
+            index = pd.MultiIndex.from_tuples(
+                [(*s, t) for s in leaves for t in needed_times], names=[*self.schema.keys, self.schema.time]
+            )
+            given = pd.MultiIndex.from_arrays(
+                [table[k] for k in self.schema.keys] + [pd.Index(table[self.schema.time])],
+                names=[*self.schema.keys, self.schema.time],
+            )
+        else:
+            index = needed_times.rename(self.schema.time)
+            given = pd.Index(table[self.schema.time], name=self.schema.time)
+        x = pd.DataFrame(table[columns].to_numpy(), index=given, columns=columns)
+        absent = index.difference(x.index)
+        if len(absent):
+            raise InvalidInput(
+                f"'exogenous' must cover every forecast time from step 1 to {max(steps)}; "
+                f"missing {len(absent)} row(s), first {absent[0]}",
+                field="exogenous",
+            )
+        return x.reindex(index)
+
+    def _finish(
+        self, table: pd.DataFrame, series: tuple[tuple[str, ...], ...] | None, names: list[str]
+    ) -> dict[str, np.ndarray]:
+        if series is not None:
+            keys = pd.MultiIndex.from_frame(table[list(self.schema.keys)].astype(str))
+            table = table[keys.isin(pd.MultiIndex.from_tuples(series))]
+        return wire_columns(table[names].reset_index(drop=True), self.schema)

@@ -1,0 +1,94 @@
+"""Fit a model spec on its data and publish the result as a new registry version."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from service.datasets.sources import read_source
+from service.errors import InvalidInput
+from service.forecasting.specs import ModelSpec
+from service.registry.store import PublishRequest, Registry
+from service.tables import Schema, canonical_table, to_sktime
+
+Progress = Callable[[str], None]
+
+
+def schema_of(spec: ModelSpec) -> Schema:
+    assert spec.kind is not None
+    return Schema(
+        kind=spec.kind,
+        keys=tuple(spec.data.keys),
+        time=spec.data.time,
+        targets=tuple(spec.data.targets),
+        exogenous=tuple(spec.data.exogenous),
+        freq=spec.freq,
+    )
+
+
+@dataclass
+class FitResult:
+    forecaster: Any
+    training: pd.DataFrame
+    schema: Schema
+    fit_seconds: float
+
+
+def fit_spec(spec: ModelSpec, training: pd.DataFrame) -> FitResult:
+    """Validate the long table against the spec, build the estimator, fit it."""
+    schema = schema_of(spec)
+    table = canonical_table(training, schema, what="training data")
+    y, x = to_sktime(table, schema)
+    forecaster = spec.build_forecaster()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            forecaster.fit(y, X=x, fh=list(range(1, spec.horizon + 1)))
+        except Exception as exc:
+            raise InvalidInput(f"fitting {spec.forecaster.get('class')} failed: {type(exc).__name__}: {exc}") from exc
+    return FitResult(forecaster, table, schema, time.perf_counter() - started)
+
+
+def train_and_publish(
+    registry: Registry,
+    name: str,
+    *,
+    promote: bool = True,
+    progress: Progress | None = None,
+    job_id: str | None = None,
+) -> int:
+    """Read the spec's source, fit, publish; point ``production`` at the new version."""
+    say = progress or (lambda _stage: None)
+    spec = registry.read_spec(name)
+    if spec is None:
+        registry.require_model(name)
+        raise InvalidInput(f"model '{name}' has no {name}/model.yaml to train from", model=name)
+    say("loading data")
+    raw = read_source(spec.data.source, base_dir=registry.model_dir(name))
+    say("fitting")
+    result = fit_spec(spec, raw)
+    say("publishing")
+    version = registry.publish(
+        name,
+        result.forecaster,
+        PublishRequest(
+            training=result.training,
+            schema=result.schema,
+            horizon=spec.horizon,
+            coverage=spec.coverage,
+            quantiles=spec.quantiles,
+            spec=registry.read_spec_raw(name),
+            source=spec.data.source,
+            job_id=job_id,
+            fit_seconds=round(result.fit_seconds, 4),
+        ),
+    )
+    if promote:
+        registry.set_alias(name, "production", version)
+    return version

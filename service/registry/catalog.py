@@ -1,0 +1,90 @@
+"""Read models for the listing endpoints, and alias moves that load before they flip."""
+
+from __future__ import annotations
+
+import contextlib
+
+from service.errors import ServiceError, VersionLoadError
+from service.registry.cache import ModelCache, describe_state
+from service.registry.store import Registry, validate_alias
+from service.schemas.models import ModelDetail, ModelList, ModelSummary, VersionSummary
+
+
+def list_models(registry: Registry, cache: ModelCache) -> ModelList:
+    summaries = []
+    for name in registry.list_models():
+        spec = None
+        with contextlib.suppress(ServiceError):
+            spec = registry.read_spec(name)
+        versions = registry.list_versions(name)
+        production = registry.read_aliases(name).get("production")
+        manifest = None
+        if versions:
+            with contextlib.suppress(ServiceError):
+                manifest = registry.read_manifest(name, production or versions[-1])
+        latest = None
+        if versions:
+            with contextlib.suppress(ServiceError):
+                latest = registry.read_manifest(name, versions[-1]).get("created_at")
+        metrics = (manifest or {}).get("metrics") or {}
+        summaries.append(
+            ModelSummary(
+                name=name,
+                description=spec.description if spec else "",
+                kind=(manifest or {}).get("kind") or (spec.kind if spec else None),
+                freq=(manifest or {}).get("freq") or (spec.freq if spec else None),
+                series_count=((manifest or {}).get("series") or {}).get("count"),
+                production_version=production,
+                last_trained=latest,
+                headline_metric=metrics.get("headline"),
+            )
+        )
+    return ModelList(models=summaries)
+
+
+def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetail:
+    registry.require_model(name)
+    versions = []
+    for v in registry.list_versions(name):
+        try:
+            m = registry.read_manifest(name, v)
+        except ServiceError:
+            m = {}
+        versions.append(
+            VersionSummary(
+                version=v,
+                created_at=m.get("created_at"),
+                cutoff=m.get("cutoff"),
+                forecaster=(m.get("forecaster") or {}).get("class"),
+                job_id=m.get("job_id"),
+            )
+        )
+    try:
+        state = describe_state(cache.state(name))
+    except ServiceError:
+        state = {"aliases": registry.read_aliases(name), "serving": {}, "loaded_versions": [], "load_errors": {}}
+    return ModelDetail(
+        name=name,
+        spec=registry.read_spec_raw(name),
+        versions=versions,
+        aliases=state["aliases"],
+        serving=state["serving"],
+        loaded_versions=state["loaded_versions"],
+        load_errors=state["load_errors"],
+    )
+
+
+def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, version: int) -> dict[str, int]:
+    """Load the target first: a version that cannot load is refused and nothing moves."""
+    validate_alias(alias)
+    registry.resolve(name, version=version)
+    cache.refresh(only=name)
+    try:
+        cache.get(name, version=version)
+    except VersionLoadError:
+        raise
+    except ServiceError as exc:
+        raise VersionLoadError(f"{name} v{version} cannot be served: {exc.detail}", model=name, version=version) from exc
+    aliases = registry.set_alias(name, alias, version)
+    cache.refresh(only=name)
+    return aliases

@@ -1,0 +1,492 @@
+"""The registry folder: layout, manifests, atomic publish, aliases, integrity.
+
+Layout (a public contract, documented in the README)::
+
+    <root>/<name>/model.yaml                 spec, human-editable
+    <root>/<name>/versions/<n>/artifact.pkl  the fitted forecaster (pickle)
+    <root>/<name>/versions/<n>/training.parquet   the training table
+    <root>/<name>/versions/<n>/forecast.parquet   precomputed default forecast (optional)
+    <root>/<name>/versions/<n>/manifest.json     written last; lists every file's sha256
+    <root>/<name>/aliases.json               {"production": 3, ...}
+
+A version is written under ``versions/.staging-*`` and renamed into place only when
+complete and fsync'd, so a reader never sees half a version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import platform
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from filelock import FileLock
+
+from service.errors import (
+    AliasNotFound,
+    IntegrityError,
+    InvalidInput,
+    InvalidName,
+    ModelNotFound,
+    VersionLoadError,
+    VersionNotFound,
+)
+from service.forecasting.specs import ModelSpec, jsonable, load_model_spec, parse_model_spec, qualified_name
+from service.tables import Schema, fingerprint, format_time, read_parquet, write_parquet
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+MANIFEST = "manifest.json"
+ARTIFACT = "artifact.pkl"
+TRAINING = "training.parquet"
+FORECAST = "forecast.parquet"
+SPEC_FILE = "model.yaml"
+ALIASES = "aliases.json"
+STAGING_PREFIX = ".staging-"
+MANIFEST_FORMAT = 1
+LIBRARIES = ("sktime", "scikit-learn", "xgboost", "lightgbm", "statsmodels", "pandas", "numpy", "scipy", "pyarrow")
+
+
+def validate_name(name: Any, what: str = "model") -> str:
+    """Names become folder names: a-z 0-9 . _ -, starting with a letter or digit."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise InvalidName(
+            f"invalid {what} name {name!r}: use 1-64 characters a-z 0-9 . _ - starting with a letter or digit",
+            field="name",
+            value=str(name)[:100],
+        )
+    return name
+
+
+def validate_alias(alias: Any) -> str:
+    if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+        raise InvalidName(
+            f"invalid alias {alias!r}: use 1-32 characters a-z 0-9 _ - starting with a letter",
+            field="alias",
+            value=str(alias)[:100],
+        )
+    return alias
+
+
+def library_versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = dist_version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, fsync, and ``os.replace`` it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        _fsync_write(tmp, data)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@dataclass
+class PublishRequest:
+    """Everything a new version records besides the fitted forecaster itself."""
+
+    training: pd.DataFrame
+    schema: Schema
+    horizon: int
+    coverage: list[float] = field(default_factory=list)
+    quantiles: list[float] = field(default_factory=list)
+    spec: Mapping[str, Any] | None = None
+    source: Mapping[str, Any] | None = None
+    dataset_version: str | None = None
+    job_id: str | None = None
+    fit_seconds: float | None = None
+    metrics: Mapping[str, Any] | None = None
+    precompute: bool = True
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    forecaster: Any
+    manifest: dict[str, Any]
+
+
+class Registry:
+    """One registry folder. Safe for several threads and processes at once."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    # ------------------------------------------------------------------ paths
+    def model_dir(self, name: str) -> Path:
+        path = (self.root / validate_name(name)).resolve()
+        if path.parent != self.root:
+            raise InvalidName(f"invalid model name {name!r}", field="name")
+        return path
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.model_dir(name) / "versions" / str(int(version))
+
+    @contextlib.contextmanager
+    def _model_lock(self, name: str) -> Iterator[None]:
+        directory = self.model_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / ".lock")):
+            yield
+
+    # ------------------------------------------------------------------ listing
+    def list_models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = []
+        for entry in sorted(self.root.iterdir()):
+            if not entry.is_dir() or not NAME_PATTERN.match(entry.name):
+                continue
+            if (entry / SPEC_FILE).is_file() or (entry / "versions").is_dir():
+                names.append(entry.name)
+        return names
+
+    def exists(self, name: str) -> bool:
+        directory = self.model_dir(name)
+        return (directory / SPEC_FILE).is_file() or (directory / "versions").is_dir()
+
+    def require_model(self, name: str) -> None:
+        if not self.exists(name):
+            raise ModelNotFound(f"no model named '{name}' in the registry", model=name)
+
+    def list_versions(self, name: str) -> list[int]:
+        """Complete versions only: integer-named dirs that hold a manifest."""
+        versions_dir = self.model_dir(name) / "versions"
+        if not versions_dir.is_dir():
+            return []
+        found = []
+        for entry in versions_dir.iterdir():
+            if entry.name.isdigit() and (entry / MANIFEST).is_file():
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def latest_version(self, name: str) -> int | None:
+        versions = self.list_versions(name)
+        return versions[-1] if versions else None
+
+    # ------------------------------------------------------------------ spec
+    def spec_path(self, name: str) -> Path:
+        return self.model_dir(name) / SPEC_FILE
+
+    def read_spec(self, name: str) -> ModelSpec | None:
+        path = self.spec_path(name)
+        return load_model_spec(path) if path.is_file() else None
+
+    def read_spec_raw(self, name: str) -> dict[str, Any] | None:
+        path = self.spec_path(name)
+        if not path.is_file():
+            return None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return raw if isinstance(raw, dict) else None
+
+    def write_spec(self, name: str, raw: Mapping[str, Any]) -> ModelSpec:
+        """Validate (allow-list included) before anything is written; replace atomically."""
+        spec = parse_model_spec(dict(raw), origin=f"{name}/{SPEC_FILE}")
+        text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
+        with self._model_lock(name):
+            atomic_write(self.spec_path(name), text.encode("utf-8"))
+        return spec
+
+    # ------------------------------------------------------------------ manifests
+    def read_manifest(self, name: str, version: int) -> dict[str, Any]:
+        path = self.version_dir(name, version) / MANIFEST
+        try:
+            return json.loads(path.read_bytes())
+        except FileNotFoundError:
+            self.require_model(name)
+            raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VersionLoadError(f"manifest of {name} v{version} is not valid JSON: {exc}") from None
+
+    # ------------------------------------------------------------------ aliases
+    def read_aliases(self, name: str) -> dict[str, int]:
+        path = self.model_dir(name) / ALIASES
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("aliases.json of %s is not valid JSON; treating it as empty", name)
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
+        """Point ``alias`` at an existing version: one atomic file replace."""
+        validate_alias(alias)
+        self.require_model(name)
+        with self._model_lock(name):
+            if version not in self.list_versions(name):
+                raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
+            aliases = self.read_aliases(name)
+            aliases[alias] = int(version)
+            atomic_write(self.model_dir(name) / ALIASES, json.dumps(aliases, indent=2, sort_keys=True).encode())
+        return aliases
+
+    def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> int:
+        """A version number from an explicit version, an alias, or ``production``."""
+        self.require_model(name)
+        if version is not None:
+            if version not in self.list_versions(name):
+                raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
+            return int(version)
+        alias = alias or "production"
+        aliases = self.read_aliases(name)
+        if alias not in aliases:
+            raise AliasNotFound(f"model '{name}' has no alias '{alias}'", model=name, alias=alias)
+        return aliases[alias]
+
+    # ------------------------------------------------------------------ publish
+    def publish(self, name: str, forecaster: Any, request: PublishRequest) -> int:
+        """Write a new immutable version; returns its number. Never exposes half a version."""
+        from service.forecasting.capabilities import probe_capabilities
+        from service.forecasting.predict import cutoff_of, run_forecast
+
+        validate_name(name)
+        if getattr(forecaster, "_is_fitted", True) is False:
+            raise InvalidInput("the forecaster is not fitted", model=name)
+        schema = request.schema
+        artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
+        training_x = getattr(forecaster, "_X", None)
+        capabilities = probe_capabilities(forecaster, schema, training_x)
+        coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
+        quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
+        precomputed = None
+        if request.precompute and not schema.exogenous:
+            # a private copy: predicting writes to the forecaster (sktime), the artifact must not change
+            precomputed = run_forecast(
+                copy.deepcopy(forecaster), schema, list(range(1, request.horizon + 1)), coverage, quantiles
+            )
+        cutoff = cutoff_of(forecaster)
+        table = request.training
+        times = table[schema.time]
+        series = (
+            table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
+        )
+        files: dict[str, bytes] = {ARTIFACT: artifact, TRAINING: _parquet_bytes(table, schema)}
+        if precomputed is not None:
+            files[FORECAST] = _parquet_bytes(precomputed, schema)
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "model": name,
+            "version": None,  # set under the lock
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "artifact": {
+                "file": ARTIFACT,
+                "format": "pickle",
+                "sha256": sha256_bytes(artifact),
+                "size": len(artifact),
+            },
+            "files": {n: {"sha256": sha256_bytes(b), "size": len(b)} for n, b in files.items()},
+            "forecaster": {
+                "class": qualified_name(forecaster),
+                "params": jsonable(forecaster.get_params(deep=False)) if hasattr(forecaster, "get_params") else {},
+            },
+            "spec": jsonable(dict(request.spec)) if request.spec is not None else None,
+            "schema": schema.to_dict(),
+            "kind": schema.kind,
+            "freq": schema.freq,
+            "cutoff": format_time(cutoff),
+            "horizon": int(request.horizon),
+            "series": {"keys": list(schema.keys), "count": max(len(series), 1), "ids": series},
+            "training": {
+                "file": TRAINING,
+                "fingerprint": fingerprint(table, schema),
+                "rows": len(table),
+                "start": format_time(times.min()),
+                "end": format_time(times.max()),
+                "source": jsonable(dict(request.source)) if request.source else None,
+                "dataset_version": request.dataset_version,
+            },
+            "precomputed": {
+                "file": FORECAST if precomputed is not None else None,
+                "horizon": int(request.horizon) if precomputed is not None else 0,
+                "coverage": coverage if precomputed is not None else [],
+                "quantiles": quantiles if precomputed is not None else [],
+            },
+            "capabilities": capabilities,
+            "libraries": library_versions(),
+            "job_id": request.job_id,
+            "fit_seconds": request.fit_seconds,
+            "metrics": jsonable(dict(request.metrics)) if request.metrics else {},
+        }
+        return self._write_version(name, files, manifest)
+
+    def _write_version(self, name: str, files: Mapping[str, bytes], manifest: dict[str, Any]) -> int:
+        versions_dir = self.model_dir(name) / "versions"
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = versions_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        staging.mkdir()
+        owner = open(staging / ".owner", "a+")  # held while we write: cleanup skips live stagings
+        try:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
+            for filename, data in files.items():
+                _fsync_write(staging / filename, data)
+            with self._model_lock(name):
+                version = max([0, *self.list_versions(name), *self._reserved_numbers(versions_dir)]) + 1
+                manifest["version"] = version
+                _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+                (staging / ".owner").unlink()
+                _fsync_dir(staging)
+                os.rename(staging, versions_dir / str(version))
+                _fsync_dir(versions_dir)
+            log.info("published %s v%d", name, version)
+            return version
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            owner.close()
+
+    @staticmethod
+    def _reserved_numbers(versions_dir: Path) -> list[int]:
+        """Integer dirs without a manifest (hand-made or damaged): never reuse their number."""
+        return [int(e.name) for e in versions_dir.iterdir() if e.name.isdigit()]
+
+    # ------------------------------------------------------------------ housekeeping
+    def cleanup_staging(self) -> list[Path]:
+        """Remove staging dirs left by dead publishers (a live one holds its owner lock)."""
+        removed = []
+        for name in self.list_models():
+            versions_dir = self.model_dir(name) / "versions"
+            if not versions_dir.is_dir():
+                continue
+            for entry in versions_dir.iterdir():
+                if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not _owner_alive(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+                    log.warning("removed leftover staging dir %s", entry)
+        return removed
+
+    # ------------------------------------------------------------------ loading
+    def _read_verified(self, name: str, version: int, filename: str, manifest: Mapping[str, Any]) -> bytes:
+        entry = manifest.get("files", {}).get(filename)
+        if entry is None:
+            raise IntegrityError(f"{name} v{version}: manifest does not list {filename}")
+        path = self.version_dir(name, version) / filename
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{name} v{version}: {filename} is missing") from None
+        if len(data) != entry["size"]:
+            raise IntegrityError(
+                f"{name} v{version}: {filename} has {len(data)} bytes, the manifest says {entry['size']}"
+            )
+        if sha256_bytes(data) != entry["sha256"]:
+            raise IntegrityError(f"{name} v{version}: {filename} sha256 does not match its manifest; refused")
+        return data
+
+    def load(self, name: str, version: int) -> LoadedArtifact:
+        """Read the artifact bytes once, check size and sha256, then unpickle those bytes."""
+        manifest = self.read_manifest(name, version)
+        data = self._read_verified(name, version, ARTIFACT, manifest)
+        check_libraries(manifest)
+        try:
+            forecaster = pickle.loads(data)  # noqa: S301 - the registry is trusted code, bytes verified above
+        except Exception as exc:
+            raise VersionLoadError(f"{name} v{version}: artifact cannot be unpickled: {type(exc).__name__}: {exc}") from exc
+        return LoadedArtifact(forecaster=forecaster, manifest=manifest)
+
+    def read_training(self, name: str, version: int, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        manifest = manifest or self.read_manifest(name, version)
+        data = self._read_verified(name, version, TRAINING, manifest)
+        return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
+
+    def read_precomputed(self, name: str, version: int, manifest: Mapping[str, Any]) -> pd.DataFrame | None:
+        if not manifest.get("precomputed", {}).get("file"):
+            return None
+        data = self._read_verified(name, version, FORECAST, manifest)
+        return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
+
+
+def _parquet_bytes(table: pd.DataFrame, schema: Schema) -> bytes:
+    buffer = io.BytesIO()
+    write_parquet(table, schema, buffer)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def _owner_alive(staging: Path) -> bool:
+    owner = staging / ".owner"
+    try:
+        handle = open(owner, "a+")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return True
+            raise
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def check_libraries(manifest: Mapping[str, Any]) -> None:
+    """A major version change of a library the artifact was pickled with is refused;
+    a minor one is logged as a warning."""
+    recorded = manifest.get("libraries") or {}
+    current = library_versions()
+    for lib in ("sktime", "scikit-learn", "xgboost", "lightgbm", "pandas"):
+        then, now = recorded.get(lib), current.get(lib)
+        if not then or not now or then == now:
+            continue
+        then_parts, now_parts = then.split("."), now.split(".")
+        if then_parts[0] != now_parts[0]:
+            raise VersionLoadError(
+                f"{manifest.get('model')} v{manifest.get('version')} was built with {lib} {then}; "
+                f"this server runs {lib} {now} (major version differs): retrain or publish again"
+            )
+        if then_parts[:2] != now_parts[:2]:
+            log.warning(
+                "%s v%s was built with %s %s, running %s", manifest.get("model"), manifest.get("version"), lib, then, now
+            )

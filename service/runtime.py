@@ -1,0 +1,80 @@
+"""What one server process holds: settings, registry, loaded models, worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from service.errors import NotReady
+from service.forecasting.served import Limits
+from service.registry.cache import ModelCache
+from service.registry.store import Registry
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+class ResponseCache:
+    """LRU of serialised fast-path answers; versions are immutable, so no invalidation."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, bytes] = OrderedDict()
+
+    def get(self, key: Any) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: bytes) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: Registry
+    cache: ModelCache
+    responses: ResponseCache
+    executor: ThreadPoolExecutor
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        registry = Registry(settings.registry)
+        return cls(
+            settings=settings,
+            registry=registry,
+            cache=ModelCache(registry, extra_versions=settings.version_cache_size),
+            responses=ResponseCache(settings.response_cache_size),
+            executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
+        )
+
+    @property
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(max_horizon=s.max_horizon, max_series=s.max_series_per_request, max_rows=s.max_rows_per_request)
+
+    async def run_blocking(self, func: Any, *args: Any, timeout: float | None = None) -> Any:
+        """Run CPU work (sktime, matplotlib) on the worker threads, never on the event loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, func, *args)
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise NotReady(
+                f"the live forecast took longer than {timeout:g}s (setting FORECAST_LIVE_PREDICT_TIMEOUT); "
+                "retry later or ask for less",
+                retry_after=5,
+            ) from None

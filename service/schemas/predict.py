@@ -1,0 +1,131 @@
+"""Wire models of the predict endpoint (strict; documented in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.errors import InvalidInput
+from service.forecasting.served import PredictQuery
+from service.tables import wire_to_frame
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+
+Cell = StrictStr | StrictInt | StrictFloat | bool | None
+WireTable = dict[str, list[Cell]]
+SeriesKey = list[StrictStr | StrictInt] | dict[str, StrictStr | StrictInt] | StrictStr
+
+
+class PredictRequest(BaseModel):
+    """Everything is optional except exogenous values for models fitted with them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"horizon": 12, "coverage": [0.8, 0.95]},
+                {"fh": [1, 6, 12], "quantiles": [0.1, 0.5, 0.9]},
+                {"series": [["Food preparation", "__total"]], "horizon": 6},
+                {
+                    "horizon": 2,
+                    "observations": {"month": ["1961-01-01"], "passengers": [417.0]},
+                },
+                {
+                    "horizon": 2,
+                    "exogenous": {
+                        "quarter": [187, 188],
+                        "income": [0.5, 0.6],
+                        "production": [0.1, 0.2],
+                        "savings": [1.0, 1.5],
+                        "unemployment": [0.0, 0.1],
+                    },
+                },
+            ]
+        },
+    )
+
+    horizon: StrictInt | None = Field(default=None, description="Steps ahead: 1..horizon. Default: the model's horizon")
+    fh: list[StrictInt] | None = Field(default=None, description="Relative steps ahead, e.g. [1, 3, 12]")
+    timestamps: list[StrictStr | StrictInt] | None = Field(
+        default=None, description="Absolute times (ISO 8601, or integers for integer-indexed models)"
+    )
+    series: list[SeriesKey] | None = Field(
+        default=None,
+        description="Subset of series: key lists top level first, objects by key column, or a string for "
+        "one-key panels. Hierarchies accept aggregate nodes ('__total').",
+    )
+    coverage: list[StrictFloat] = Field(default_factory=list, description="Interval coverages in (0, 1)")
+    quantiles: list[StrictFloat] = Field(default_factory=list, description="Quantile levels in (0, 1)")
+    exogenous: WireTable | None = Field(default=None, description="Future exogenous values, column-oriented")
+    observations: WireTable | None = Field(
+        default=None, description="New actuals after the cutoff; the forecast starts from them (no refit)"
+    )
+    version: StrictInt | None = Field(default=None, ge=1, description="A version number")
+    alias: StrictStr | None = Field(default=None, description="An alias; default 'production'")
+
+    @field_validator("coverage", "quantiles")
+    @classmethod
+    def _unit_interval(cls, value: list[float]) -> list[float]:
+        for v in value:
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{v} is not strictly between 0 and 1")
+        return sorted(set(value))
+
+
+    def to_query(self, keys: tuple[str, ...]) -> PredictQuery:
+        """The domain query; tables are turned into DataFrames by `service.tables`."""
+        return PredictQuery(
+            horizon=self.horizon,
+            fh=tuple(self.fh) if self.fh is not None else None,
+            timestamps=tuple(self.timestamps) if self.timestamps is not None else None,
+            series=tuple(normalize_series(s, keys) for s in self.series) if self.series is not None else None,
+            coverage=tuple(self.coverage),
+            quantiles=tuple(self.quantiles),
+            exogenous=wire_to_frame(self.exogenous, "exogenous") if self.exogenous is not None else None,
+            observations=wire_to_frame(self.observations, "observations") if self.observations is not None else None,
+        )
+
+
+def normalize_series(raw: Any, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """A series key from the wire (list, object by key column, or string) as a tuple."""
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - set(keys))
+        missing = [k for k in keys if k not in raw]
+        if unknown or missing:
+            raise InvalidInput(
+                f"series {raw}: expected keys {list(keys)}"
+                + (f", unknown {unknown}" if unknown else "")
+                + (f", missing {missing}" if missing else ""),
+                field="series",
+            )
+        return tuple(str(raw[k]) for k in keys)
+    if isinstance(raw, list):
+        return tuple(str(v) for v in raw)
+    return (str(raw),)
+
+
+class PredictResponse(BaseModel):
+    """The forecast table is column-oriented: keys, time, targets, then intervals and quantiles."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "airline",
+                    "version": 1,
+                    "cutoff": "1960-12-01",
+                    "freq": "M",
+                    "forecast": {
+                        "month": ["1961-01-01", "1961-02-01"],
+                        "passengers": [441.3, 429.6],
+                        "passengers_lower_80": [427.3, 413.6],
+                        "passengers_upper_80": [455.3, 445.6],
+                    },
+                }
+            ]
+        }
+    )
+
+    model: str
+    version: int
+    cutoff: str | int
+    freq: str | None
+    forecast: dict[str, list[Any]]

@@ -1,0 +1,468 @@
+"""The one place where tables change shape: wire (column-oriented JSON, CSV, Arrow,
+Parquet) <-> canonical long pandas tables <-> sktime's (Multi)Index frames.
+
+Canonical long table: key columns (``str``), one time column (``period[freq]`` or
+``int64``), target and exogenous columns (``float64``), sorted by keys then time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc
+
+from service.errors import InvalidTable
+
+TOTAL = "__total"  # sktime's name for an aggregate node of a hierarchy
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Which columns of a long table play which role, and the time frequency."""
+
+    kind: str  # single | panel | hierarchical
+    keys: tuple[str, ...]
+    time: str
+    targets: tuple[str, ...]
+    exogenous: tuple[str, ...] = ()
+    freq: str | None = None  # pandas period frequency; None = integer time index
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Schema:
+        return cls(
+            kind=raw["kind"],
+            keys=tuple(raw.get("keys") or ()),
+            time=raw["time"],
+            targets=tuple(raw["targets"]),
+            exogenous=tuple(raw.get("exogenous") or ()),
+            freq=raw.get("freq"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.keys, self.time, *self.targets, *self.exogenous]
+
+
+# ----------------------------------------------------------------------------- times
+def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str) -> pd.Index:
+    """Parse wire times: ISO 8601 strings (or pandas period strings like 1959Q1) to a
+    PeriodIndex of ``freq``; integers when the model has an integer time index."""
+    series = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values
+    if series.isna().any():
+        row = int(np.flatnonzero(series.isna().to_numpy())[0])
+        raise InvalidTable(f"column '{column}' has a missing time at row {row}", column=column, row=row)
+    if freq is None:
+        if pd.api.types.is_integer_dtype(series.dtype):
+            return pd.Index(series.to_numpy(dtype="int64"))
+        bad = [i for i, v in enumerate(series) if not _is_integer(v)]
+        if bad:
+            raise InvalidTable(
+                f"column '{column}' must hold integer time steps for this model; row {bad[0]} has {series.iloc[bad[0]]!r}",
+                column=column,
+                row=bad[0],
+            )
+        return pd.Index(np.asarray([int(v) for v in series], dtype="int64"))
+    if isinstance(series.dtype, pd.PeriodDtype):
+        return pd.PeriodIndex(series).asfreq(freq)
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return pd.PeriodIndex(pd.DatetimeIndex(series).tz_localize(None), freq=freq)
+    if not all(isinstance(v, str) for v in series):
+        first = next(i for i, v in enumerate(series) if not isinstance(v, str))
+        raise InvalidTable(
+            f"column '{column}' must hold ISO 8601 time strings; row {first} has {series.iloc[first]!r}",
+            column=column,
+            row=first,
+        )
+    try:
+        stamps = pd.to_datetime(series, format="ISO8601", utc=False)
+        if getattr(stamps.dt, "tz", None) is not None:
+            stamps = stamps.dt.tz_localize(None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pd.PeriodIndex(stamps, freq=freq)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    try:
+        return pd.PeriodIndex(series.tolist(), freq=freq)
+    except (ValueError, TypeError, OverflowError):
+        for i, v in enumerate(series):
+            try:
+                pd.Period(v, freq=freq)
+            except (ValueError, TypeError, OverflowError):
+                raise InvalidTable(
+                    f"column '{column}' row {i}: {v!r} is not an ISO 8601 time", column=column, row=i
+                ) from None
+        raise InvalidTable(f"column '{column}' has unparseable times", column=column) from None
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+
+
+def format_times(index: pd.Index) -> np.ndarray:
+    """Times for the wire: ISO 8601 (period start), integers for integer indices."""
+    if isinstance(index, pd.PeriodIndex):
+        starts = index.start_time
+        if (starts == starts.normalize()).all():
+            return np.asarray(starts.strftime("%Y-%m-%d"), dtype=object)
+        return np.asarray(starts.strftime("%Y-%m-%dT%H:%M:%S"), dtype=object)
+    if isinstance(index, pd.DatetimeIndex):
+        return np.asarray([t.isoformat() for t in index], dtype=object)
+    return np.asarray(index, dtype="int64")
+
+
+def format_time(value: Any) -> Any:
+    """One time value (e.g. a cutoff) for the wire."""
+    if isinstance(value, pd.Period):
+        return format_times(pd.PeriodIndex([value]))[0]
+    if isinstance(value, pd.Index) and len(value) == 1:
+        return format_time(value[0])
+    if isinstance(value, np.integer | int):
+        return int(value)
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- wire -> pandas
+def wire_to_frame(table: Any, what: str) -> pd.DataFrame:
+    """A column-oriented JSON table ``{"col": [...], ...}`` to a DataFrame; shape checked."""
+    if not isinstance(table, Mapping) or not table:
+        raise InvalidTable(f"'{what}' must be a non-empty object of columns", field=what)
+    lengths = {}
+    for name, column in table.items():
+        if not isinstance(column, list):
+            raise InvalidTable(f"'{what}.{name}' must be a list of values", field=what, column=name)
+        lengths[name] = len(column)
+    if len(set(lengths.values())) > 1:
+        raise InvalidTable(f"'{what}' columns differ in length: {lengths}", field=what)
+    if next(iter(lengths.values())) == 0:
+        raise InvalidTable(f"'{what}' has no rows", field=what)
+    for name, column in table.items():
+        for row, value in enumerate(column):
+            if isinstance(value, list | dict):
+                raise InvalidTable(
+                    f"'{what}.{name}' row {row} is a {type(value).__name__}; cells must be scalars",
+                    field=what,
+                    column=name,
+                    row=row,
+                )
+    return pd.DataFrame({name: pd.Series(column, dtype="object") for name, column in table.items()})
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, what: str, allow_missing: bool) -> np.ndarray:
+    raw = frame[column]
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        raise InvalidTable(f"{what}: column '{column}' must be numeric, not boolean", column=column)
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna()
+    bad_bool = raw.map(lambda v: isinstance(v, bool))
+    bad = bad | bad_bool
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InvalidTable(
+            f"{what}: column '{column}' must be numeric; row {row} has {raw.iloc[row]!r}",
+            column=column,
+            row=row,
+        )
+    array = values.to_numpy(dtype="float64", na_value=np.nan)
+    nonfinite = ~np.isfinite(array)
+    if not allow_missing and nonfinite.any():
+        row = int(np.flatnonzero(nonfinite)[0])
+        raise InvalidTable(
+            f"{what}: column '{column}' row {row} is missing, NaN or infinite",
+            column=column,
+            row=row,
+        )
+    if np.isinf(array).any():
+        row = int(np.flatnonzero(np.isinf(array))[0])
+        raise InvalidTable(f"{what}: column '{column}' row {row} is infinite", column=column, row=row)
+    return array
+
+
+def canonical_table(
+    frame: pd.DataFrame,
+    schema: Schema,
+    *,
+    what: str,
+    columns: Iterable[str] | None = None,
+    contiguous: bool = True,
+) -> pd.DataFrame:
+    """Validate and normalise a long table: typed columns, sorted, no duplicated
+    key+time, no gaps within a series (``contiguous``). ``columns`` are the value
+    columns required (default: targets and exogenous)."""
+    needed_values = list(columns) if columns is not None else [*schema.targets, *schema.exogenous]
+    needed = [*schema.keys, schema.time, *needed_values]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InvalidTable(f"{what}: missing column(s) {missing}", columns=missing)
+    if len(frame) == 0:
+        raise InvalidTable(f"{what}: the table has no rows")
+    out: dict[str, Any] = {}
+    for key in schema.keys:
+        raw = frame[key]
+        if raw.isna().any():
+            row = int(np.flatnonzero(raw.isna().to_numpy())[0])
+            raise InvalidTable(f"{what}: key column '{key}' row {row} is missing", column=key, row=row)
+        out[key] = raw.astype(str).to_numpy(dtype=object)
+    times = parse_times(frame[schema.time].reset_index(drop=True), schema.freq, schema.time)
+    out[schema.time] = times
+    for column in needed_values:
+        out[column] = _numeric_column(frame.reset_index(drop=True), column, what, allow_missing=False)
+    table = pd.DataFrame(out)
+    order = [*schema.keys, schema.time]
+    duplicated = table.duplicated(subset=order, keep=False).to_numpy()
+    if duplicated.any():
+        rows = np.flatnonzero(duplicated)[:10].tolist()
+        raise InvalidTable(
+            f"{what}: duplicated {'+'.join(order)} at rows {rows}", rows=rows, columns=order
+        )
+    table = table.sort_values(order, kind="mergesort").reset_index(drop=True)
+    if contiguous:
+        _check_contiguous(table, schema, what)
+    return table
+
+
+def _time_steps(times: pd.Series) -> np.ndarray:
+    if isinstance(times.dtype, pd.PeriodDtype):
+        return pd.PeriodIndex(times).asi8
+    return times.to_numpy(dtype="int64")
+
+
+def _check_contiguous(table: pd.DataFrame, schema: Schema, what: str) -> None:
+    steps = _time_steps(table[schema.time])
+    if schema.keys:
+        series_id = table.groupby(list(schema.keys), sort=False).ngroup().to_numpy()
+        same_series = series_id[1:] == series_id[:-1]
+    else:
+        same_series = np.ones(len(steps) - 1, dtype=bool)
+    gaps = (np.diff(steps) != 1) & same_series
+    if gaps.any():
+        row = int(np.flatnonzero(gaps)[0]) + 1
+        series = {k: table[k].iloc[row] for k in schema.keys}
+        raise InvalidTable(
+            f"{what}: the time column '{schema.time}' is not regular at row {row} "
+            f"(expected one step of frequency {schema.freq or 'integer'} after the previous row)",
+            column=schema.time,
+            row=row,
+            series=series or None,
+        )
+
+
+# ----------------------------------------------------------------------------- pandas <-> sktime
+def to_sktime(table: pd.DataFrame, schema: Schema) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Canonical long table -> (y, X) in sktime's pandas mtypes; hierarchies get their
+    aggregate ``__total`` nodes from sktime's `Aggregator`."""
+    if schema.keys:
+        index = pd.MultiIndex.from_arrays(
+            [table[k].to_numpy() for k in schema.keys] + [pd.Index(table[schema.time])],
+            names=[*schema.keys, schema.time],
+        )
+    else:
+        index = pd.Index(table[schema.time], name=schema.time)
+    y = pd.DataFrame({t: table[t].to_numpy() for t in schema.targets}, index=index)
+    x = None
+    if schema.exogenous:
+        x = pd.DataFrame({c: table[c].to_numpy() for c in schema.exogenous}, index=index)
+    if schema.kind == "hierarchical":
+        y = aggregate_hierarchy(y)
+    return y, x
+
+
+def aggregate_hierarchy(y: pd.DataFrame) -> pd.DataFrame:
+    from sktime.transformations.hierarchical.aggregate import Aggregator
+
+    if y.index.nlevels < 2:
+        return y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Aggregator(flatten_single_levels=False).fit_transform(y)
+
+
+def from_sktime(y: pd.DataFrame | pd.Series, x: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A forecaster's remembered (y, X) back to a long table and the schema facts it implies."""
+    frame = y.to_frame() if isinstance(y, pd.Series) else y.copy()
+    frame.columns = [str(c) for c in frame.columns]
+    targets = list(frame.columns)
+    exogenous: list[str] = []
+    if x is not None and len(x.columns):
+        x = x.copy()
+        x.columns = [str(c) for c in x.columns]
+        exogenous = list(x.columns)
+        frame = frame.join(x, how="left")
+    index_names = [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
+    if frame.index.nlevels == 1 and frame.index.names[0] is None:
+        index_names = ["time"]
+    frame.index = frame.index.set_names(index_names)
+    keys, time = index_names[:-1], index_names[-1]
+    time_index = frame.index.get_level_values(-1)
+    freq = time_index.freqstr if isinstance(time_index, pd.PeriodIndex) else None
+    if isinstance(time_index, pd.DatetimeIndex):
+        inferred = time_index.freqstr or pd.infer_freq(time_index.unique()[:50])
+        freq = pd.PeriodIndex([], freq=inferred).freqstr if inferred else None
+    long = frame.reset_index()
+    if isinstance(time_index, pd.DatetimeIndex) and freq:
+        long[time] = pd.PeriodIndex(long[time], freq=freq)
+    kind = "single" if not keys else "panel"
+    if keys:
+        # sktime's Aggregator output: leaves only are training data
+        leaf = np.ones(len(long), dtype=bool)
+        for k in keys:
+            leaf &= long[k].astype(str).to_numpy() != TOTAL
+        if not leaf.all():
+            kind = "hierarchical"
+            long = long[leaf].reset_index(drop=True)
+        elif len(keys) > 1:
+            kind = "panel"
+    facts = {"kind": kind, "keys": keys, "time": time, "targets": targets, "exogenous": exogenous, "freq": freq}
+    return long, facts
+
+
+# ----------------------------------------------------------------------------- storage
+def write_parquet(table: pd.DataFrame, schema: Schema, path: Path) -> None:
+    stored = table.copy()
+    if isinstance(stored[schema.time].dtype, pd.PeriodDtype):
+        stored[schema.time] = pd.PeriodIndex(stored[schema.time]).start_time
+    stored.to_parquet(path, index=False)
+
+
+def read_parquet(path: Path | io.BytesIO, schema: Schema) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    if schema.freq is not None:
+        table[schema.time] = pd.PeriodIndex(pd.DatetimeIndex(table[schema.time]), freq=schema.freq)
+    for key in schema.keys:
+        table[key] = table[key].astype(str).astype(object)
+    return table
+
+
+def fingerprint(table: pd.DataFrame, schema: Schema) -> str:
+    """sha256 of the canonical CSV rendering (sorted, fixed float format)."""
+    ordered = table[schema.columns].sort_values([*schema.keys, schema.time], kind="mergesort")
+    text = ordered.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------- sktime -> wire
+def _pct(coverage: float) -> str:
+    return f"{coverage * 100:g}"
+
+
+def interval_columns(target: str, coverage: float) -> tuple[str, str]:
+    return f"{target}_lower_{_pct(coverage)}", f"{target}_upper_{_pct(coverage)}"
+
+
+def quantile_column(target: str, level: float) -> str:
+    return f"{target}_q{level:g}"
+
+
+def forecast_table(
+    point: pd.DataFrame,
+    schema: Schema,
+    intervals: pd.DataFrame | None = None,
+    quantiles: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """sktime prediction frames -> one long table with the documented column names,
+    times still as pandas values (see `wire_columns`)."""
+    index = point.index
+    columns: dict[str, Any] = {}
+    if index.nlevels > 1:
+        for level, key in enumerate(schema.keys):
+            columns[key] = index.get_level_values(level).astype(str).to_numpy(dtype=object)
+    columns[schema.time] = index.get_level_values(-1)
+    for target in schema.targets:
+        columns[target] = point[target].to_numpy(dtype="float64")
+    if intervals is not None:
+        intervals = intervals.reindex(index)
+        for target in schema.targets:
+            for coverage in sorted({c for (_, c, _) in intervals.columns}):
+                lower, upper = interval_columns(target, coverage)
+                columns[lower] = intervals[(target, coverage, "lower")].to_numpy(dtype="float64")
+                columns[upper] = intervals[(target, coverage, "upper")].to_numpy(dtype="float64")
+    if quantiles is not None:
+        quantiles = quantiles.reindex(index)
+        for target in schema.targets:
+            for level in sorted({q for (_, q) in quantiles.columns}):
+                columns[quantile_column(target, level)] = quantiles[(target, level)].to_numpy(dtype="float64")
+    table = pd.DataFrame(columns)
+    return table
+
+
+def wire_columns(table: pd.DataFrame, schema: Schema) -> dict[str, np.ndarray]:
+    """A long table as column arrays ready for JSON/CSV/Arrow encoding."""
+    columns: dict[str, np.ndarray] = {}
+    for name in table.columns:
+        values = table[name]
+        if name == schema.time:
+            columns[name] = format_times(pd.Index(values))
+        elif values.dtype == object:
+            columns[name] = values.to_numpy(dtype=object)
+        else:
+            columns[name] = values.to_numpy()
+    return columns
+
+
+def encode_json(payload: Any) -> bytes:
+    """orjson with numpy support: NaN and infinities become ``null``."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+def _object_to_list(array: np.ndarray) -> Any:
+    return array.tolist() if array.dtype == object else array
+
+
+def json_columns(columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Columns orjson can take as they are (object arrays become lists)."""
+    return {k: _object_to_list(v) for k, v in columns.items()}
+
+
+def frame_to_wire(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """A client-side DataFrame (columns or index levels) to a column-oriented JSON table."""
+    if frame.index.nlevels > 1 or frame.index.name is not None:
+        frame = frame.reset_index()
+    out: dict[str, list[Any]] = {}
+    for name in frame.columns:
+        values = frame[name]
+        if isinstance(values.dtype, pd.PeriodDtype):
+            out[str(name)] = list(format_times(pd.PeriodIndex(values)))
+        elif pd.api.types.is_datetime64_any_dtype(values.dtype):
+            out[str(name)] = [t.isoformat() for t in values]
+        elif pd.api.types.is_float_dtype(values.dtype):
+            out[str(name)] = [None if not math.isfinite(v) else float(v) for v in values]
+        else:
+            out[str(name)] = [v.item() if hasattr(v, "item") else v for v in values]
+    return out
+
+
+def encode_csv(columns: Mapping[str, np.ndarray]) -> bytes:
+    return pd.DataFrame(dict(columns)).to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def encode_arrow(columns: Mapping[str, np.ndarray]) -> bytes:
+    batch = pa.RecordBatch.from_pydict({k: pa.array(v) for k, v in columns.items()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_arrow(data: bytes) -> pd.DataFrame:
+    return pa.ipc.open_stream(data).read_pandas()

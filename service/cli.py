@@ -193,7 +193,9 @@ def train(
 @app.command()
 def publish(
     name: str,
-    file: Annotated[Path, typer.Argument(help="A fitted sktime forecaster: sktime save() .zip or a joblib/pickle file")],
+    file: Annotated[
+        Path, typer.Argument(help="A fitted sktime forecaster: sktime save() .zip or a joblib/pickle file")
+    ],
     registry: RegistryOption = None,
     horizon: Annotated[int | None, typer.Option(help="Default horizon (default: the spec's, or 12)")] = None,
     promote: Annotated[bool, typer.Option(help="Point 'production' at the new version")] = False,

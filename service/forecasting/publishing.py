@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ def read_fitted(path: Path) -> Any:
         return load(str(path.with_suffix("")) if path.suffix == ".zip" else str(path))
     try:
         return joblib.load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise InvalidInput(f"{path.name}: not a joblib/pickle file: {exc}") from None
+    except Exception as exc:  # joblib raises KeyError, ValueError, UnpicklingError... on junk
+        raise InvalidInput(f"{path.name}: not a joblib/pickle file ({type(exc).__name__}: {exc})") from None
 
 
 def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int | None = None) -> int:
@@ -38,7 +37,14 @@ def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int 
         raise InvalidInput("the forecaster remembers no training data (set_config(remember_data=True) before fit)")
     long, facts = from_sktime(y, getattr(forecaster, "_X", None))
     spec = registry.read_spec(name)
-    schema = Schema(**{**facts, "keys": tuple(facts["keys"]), "targets": tuple(facts["targets"]), "exogenous": tuple(facts["exogenous"])})
+    schema = Schema(
+        **{
+            **facts,
+            "keys": tuple(facts["keys"]),
+            "targets": tuple(facts["targets"]),
+            "exogenous": tuple(facts["exogenous"]),
+        }
+    )
     table = canonical_table(long, schema, what="training data")
     return registry.publish(
         name,

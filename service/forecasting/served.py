@@ -68,7 +68,9 @@ class Answer:
 class FastTable:
     """The precomputed default forecast of a version, sliceable by step, series, columns."""
 
-    def __init__(self, table: pd.DataFrame, schema: Schema, cutoff: Any, coverage: Sequence[float], quantiles: Sequence[float]) -> None:
+    def __init__(
+        self, table: pd.DataFrame, schema: Schema, cutoff: Any, coverage: Sequence[float], quantiles: Sequence[float]
+    ) -> None:
         self.schema = schema
         self.coverage = tuple(coverage)
         self.quantiles = tuple(quantiles)
@@ -179,7 +181,8 @@ class ServedVersion:
             status = self.capabilities.get(capability) or {}
             if not status.get("available"):
                 raise CapabilityUnavailable(
-                    f"{self.name} v{self.version} cannot give {'intervals' if capability == 'pred_int' else 'quantiles'}: "
+                    f"{self.name} v{self.version} cannot give "
+                    f"{'intervals' if capability == 'pred_int' else 'quantiles'}: "
                     f"{status.get('reason') or 'not supported'}",
                     capability="capability:pred_int",
                     field="coverage" if capability == "pred_int" else "quantiles",
@@ -189,9 +192,7 @@ class ServedVersion:
         if query.series is None:
             return None
         if len(query.series) > limits.max_series:
-            raise LimitExceeded(
-                f"{len(query.series)} series requested; at most {limits.max_series}", field="series"
-            )
+            raise LimitExceeded(f"{len(query.series)} series requested; at most {limits.max_series}", field="series")
         if not self.schema.keys:
             raise InvalidInput(f"{self.name} forecasts a single series; drop 'series'", field="series")
         known = set(self.series)
@@ -225,9 +226,7 @@ class ServedVersion:
             steps = list(range(1, horizon + 1)) if horizon >= 1 else [horizon]
             field_name = "horizon"
         if steps[0] < 1:
-            raise InvalidInput(
-                f"'{field_name}' must point after the cutoff {cutoff} (steps >= 1)", field=field_name
-            )
+            raise InvalidInput(f"'{field_name}' must point after the cutoff {cutoff} (steps >= 1)", field=field_name)
         if steps[-1] > limits.max_horizon:
             raise LimitExceeded(
                 f"'{field_name}' reaches {steps[-1]} steps ahead; the maximum is {limits.max_horizon}",
@@ -276,20 +275,29 @@ class ServedVersion:
     ) -> Answer:
         assert query.observations is not None
         if len(query.observations) > limits.max_rows:
-            raise LimitExceeded(f"'observations' has {len(query.observations)} rows; at most {limits.max_rows}", field="observations")
+            raise LimitExceeded(
+                f"'observations' has {len(query.observations)} rows; at most {limits.max_rows}", field="observations"
+            )
         table = canonical_table(query.observations, self.schema, what="observations")
-        first = table.groupby(list(self.schema.keys), sort=False)[self.schema.time].min() if self.schema.keys else table[self.schema.time].iloc[:1]
+        first = (
+            table.groupby(list(self.schema.keys), sort=False)[self.schema.time].min()
+            if self.schema.keys
+            else table[self.schema.time].iloc[:1]
+        )
         expected = self.cutoff + 1
         late = [t for t in first if t != expected]
         if late:
             raise InvalidInput(
-                f"'observations' must continue right after the cutoff {self.cutoff}: every series starts at {expected}, "
+                f"'observations' must continue right after the cutoff {self.cutoff}: "
+                f"every series starts at {expected}, "
                 f"found {late[0]}",
                 field="observations",
             )
         leaves = set(self.series) if self.schema.kind != "hierarchical" else {s for s in self.series if TOTAL not in s}
         if self.schema.keys:
-            unknown = {tuple(k) for k in table[list(self.schema.keys)].drop_duplicates().itertuples(index=False)} - leaves
+            unknown = {
+                tuple(k) for k in table[list(self.schema.keys)].drop_duplicates().itertuples(index=False)
+            } - leaves
             if unknown:
                 raise SeriesNotFound(f"'observations' name unknown series {sorted(unknown)[:5]}", field="observations")
         y_new, x_new = to_sktime(table, self.schema)
@@ -308,7 +316,9 @@ class ServedVersion:
         names = self.output_columns(coverage, quantiles)
         return Answer(self._finish(result, series, names), cutoff_of(private), fast=False)
 
-    def _future_exogenous(self, frame: pd.DataFrame | None, cutoff: Any, steps: list[int], limits: Limits) -> pd.DataFrame:
+    def _future_exogenous(
+        self, frame: pd.DataFrame | None, cutoff: Any, steps: list[int], limits: Limits
+    ) -> pd.DataFrame:
         columns = list(self.schema.exogenous)
         if frame is None:
             raise CapabilityUnavailable(

@@ -101,12 +101,7 @@ def _build_value(value: Any, where: str) -> Any:
         built = []
         for i, item in enumerate(value):
             # pipeline steps may be written as [name, {class, params}] pairs
-            if (
-                isinstance(item, list)
-                and len(item) == 2
-                and isinstance(item[0], str)
-                and _is_estimator_node(item[1])
-            ):
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and _is_estimator_node(item[1]):
                 built.append((item[0], build_estimator(item[1], f"{where}[{i}]")))
             else:
                 built.append(_build_value(item, f"{where}[{i}]"))
@@ -157,10 +152,9 @@ def build_estimator(node: Any, where: str = "forecaster") -> Any:
         raise
     except Exception as exc:  # a bad value: sktime/sklearn validate in __init__
         raise SpecError(f"{where}: {node['class']} rejected its parameters: {exc}", field=where) from exc
-    if hasattr(estimator, "set_config") and hasattr(estimator, "get_config"):
-        if "remember_data" in estimator.get_config():
-            # explicit, so that `update` keeps working after sktime 1.3 flips the default
-            estimator.set_config(remember_data=True)
+    if hasattr(estimator, "set_config") and "remember_data" in getattr(estimator, "get_config", dict)():
+        # explicit, so that `update` keeps working after sktime 1.3 flips the default
+        estimator.set_config(remember_data=True)
     return estimator
 
 
@@ -226,7 +220,9 @@ class ModelSpec(_Strict):
         default=None, description="single | panel | hierarchical; derived from the keys if omitted"
     )
     data: DataSpec
-    freq: str | None = Field(default=None, description="pandas period frequency (M, Q, D, h, ...); none = integer index")
+    freq: str | None = Field(
+        default=None, description="pandas period frequency (M, Q, D, h, ...); none = integer index"
+    )
     horizon: int = Field(default=12, ge=1, description="default forecast horizon in steps")
     forecaster: dict[str, Any]
     coverage: list[float] = Field(default_factory=list, description="interval coverages served precomputed")

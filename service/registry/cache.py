@@ -9,6 +9,7 @@ replaced wholesale under ``_write_lock``) without locking.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -217,10 +218,8 @@ class ModelCache:
     async def watch(self, interval: float, stop: asyncio.Event) -> None:
         """Poll the registry every ``interval`` seconds until ``stop`` is set."""
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
             if stop.is_set():
                 break
             try:

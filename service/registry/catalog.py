@@ -84,7 +84,9 @@ def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, ver
     except VersionLoadError:
         raise
     except ServiceError as exc:
-        raise VersionLoadError(f"{name} v{version} cannot be served: {exc.detail}", model=name, version=version) from exc
+        raise VersionLoadError(
+            f"{name} v{version} cannot be served: {exc.detail}", model=name, version=version
+        ) from exc
     aliases = registry.set_alias(name, alias, version)
     cache.refresh(only=name)
     return aliases

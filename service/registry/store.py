@@ -309,9 +309,7 @@ class Registry:
         cutoff = cutoff_of(forecaster)
         table = request.training
         times = table[schema.time]
-        series = (
-            table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
-        )
+        series = table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
         files: dict[str, bytes] = {ARTIFACT: artifact, TRAINING: _parquet_bytes(table, schema)}
         if precomputed is not None:
             files[FORECAST] = _parquet_bytes(precomputed, schema)
@@ -366,7 +364,7 @@ class Registry:
         versions_dir.mkdir(parents=True, exist_ok=True)
         staging = versions_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         staging.mkdir()
-        owner = open(staging / ".owner", "a+")  # held while we write: cleanup skips live stagings
+        owner = open(staging / ".owner", "a+")  # noqa: SIM115 - held while we write: cleanup skips live stagings
         try:
             fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
             for filename, data in files.items():
@@ -431,9 +429,11 @@ class Registry:
         data = self._read_verified(name, version, ARTIFACT, manifest)
         check_libraries(manifest)
         try:
-            forecaster = pickle.loads(data)  # noqa: S301 - the registry is trusted code, bytes verified above
+            forecaster = pickle.loads(data)
         except Exception as exc:
-            raise VersionLoadError(f"{name} v{version}: artifact cannot be unpickled: {type(exc).__name__}: {exc}") from exc
+            raise VersionLoadError(
+                f"{name} v{version}: artifact cannot be unpickled: {type(exc).__name__}: {exc}"
+            ) from exc
         return LoadedArtifact(forecaster=forecaster, manifest=manifest)
 
     def read_training(self, name: str, version: int, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -457,7 +457,7 @@ def _parquet_bytes(table: pd.DataFrame, schema: Schema) -> bytes:
 def _owner_alive(staging: Path) -> bool:
     owner = staging / ".owner"
     try:
-        handle = open(owner, "a+")
+        handle = open(owner, "a+")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         return False
     with handle:
@@ -488,5 +488,10 @@ def check_libraries(manifest: Mapping[str, Any]) -> None:
             )
         if then_parts[:2] != now_parts[:2]:
             log.warning(
-                "%s v%s was built with %s %s, running %s", manifest.get("model"), manifest.get("version"), lib, then, now
+                "%s v%s was built with %s %s, running %s",
+                manifest.get("model"),
+                manifest.get("version"),
+                lib,
+                then,
+                now,
             )

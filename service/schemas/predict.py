@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+
 from service.errors import InvalidInput
 from service.forecasting.served import PredictQuery
 from service.tables import wire_to_frame
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
 Cell = StrictStr | StrictInt | StrictFloat | bool | None
 WireTable = dict[str, list[Cell]]
@@ -68,7 +69,6 @@ class PredictRequest(BaseModel):
             if not 0.0 < v < 1.0:
                 raise ValueError(f"{v} is not strictly between 0 and 1")
         return sorted(set(value))
-
 
     def to_query(self, keys: tuple[str, ...]) -> PredictQuery:
         """The domain query; tables are turned into DataFrames by `service.tables`."""

@@ -29,6 +29,8 @@ async def get_version(name: ModelName, version: Annotated[int, Path(ge=1)], regi
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasResult, summary="Point an alias at a version")
-async def put_alias(name: ModelName, alias: str, body: AliasUpdate, runtime: RuntimeDep, cache: CacheDep) -> AliasResult:
+async def put_alias(
+    name: ModelName, alias: str, body: AliasUpdate, runtime: RuntimeDep, cache: CacheDep
+) -> AliasResult:
     aliases = await runtime.run_blocking(catalog.move_alias, runtime.registry, cache, name, alias, body.version)
     return AliasResult(model=name, alias=alias, version=body.version, aliases=aliases)

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import problems
 from service.api.limits import BodySizeLimit
-from service.api.routes import health, models, predict
+from service.api.routes import backtests, health, jobs, models, predict
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -36,13 +36,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(runtime.registry.cleanup_staging)
         initial = asyncio.create_task(asyncio.to_thread(runtime.cache.refresh))
         watcher = asyncio.create_task(runtime.cache.watch(settings.poll_interval, runtime.stop))
+        runner = asyncio.create_task(runtime.runner.run(runtime.stop))
         try:
             yield
         finally:
             runtime.stop.set()
-            for task in (initial, watcher):
+            runtime.runner.wake()
+            for task in (initial, watcher, runner):
                 with contextlib.suppress(Exception):
                     await task
+            await asyncio.to_thread(runtime.runner.shutdown)
+            runtime.jobs.dispose()
             runtime.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -58,4 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(backtests.router)
+    app.include_router(jobs.router)
     return app

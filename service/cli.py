@@ -230,5 +230,76 @@ def promote(
     console.print(f"{name}: {alias} -> v{version}  ({json.dumps(aliases)})")
 
 
+@app.command()
+def backtest(
+    name: str,
+    registry: RegistryOption = None,
+    version: Annotated[int | None, typer.Option(help="Version (default: the production alias)")] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias (default: production)")] = None,
+    splitter: Annotated[str, typer.Option(help="expanding | sliding | folds")] = "folds",
+    horizon: Annotated[int, typer.Option(help="Steps forecast in each fold")] = 12,
+    folds: Annotated[int | None, typer.Option(help="folds: how many last windows")] = 3,
+    initial_window: Annotated[int | None, typer.Option(help="expanding: first training window")] = None,
+    window_length: Annotated[int | None, typer.Option(help="sliding: training window")] = None,
+    step: Annotated[int | None, typer.Option(help="Steps between cutoffs (default: horizon)")] = None,
+    strategy: Annotated[str, typer.Option(help="refit | update | no-update_params")] = "refit",
+    metrics: Annotated[str, typer.Option(help="Comma-separated: MAE,RMSE,MAPE,sMAPE,MASE,WAPE,pinball,coverage")] = (
+        "MAE,RMSE,MAPE,sMAPE,MASE,WAPE"
+    ),
+    coverage: Annotated[str | None, typer.Option(help="Comma-separated interval coverages")] = None,
+    quantiles: Annotated[str | None, typer.Option(help="Comma-separated quantile levels")] = None,
+) -> None:
+    """Backtest a version offline (sktime evaluate) with a progress bar and a table of results."""
+    from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest, validate_request
+    from service.tables import Schema, to_sktime
+
+    def floats(text: str | None) -> tuple[float, ...]:
+        return tuple(float(v) for v in text.split(",")) if text else ()
+
+    reg = _registry(registry)
+    try:
+        number = reg.resolve(name, version=version, alias=alias)
+        loaded = reg.load(name, number)
+        schema = Schema.from_dict(loaded.manifest["schema"])
+        y, x = to_sktime(reg.read_training(name, number, loaded.manifest), schema)
+        request = BacktestRequest(
+            splitter=SplitterSpec(splitter, horizon, initial_window, window_length, step, folds),  # type: ignore[arg-type]
+            strategy=strategy,  # type: ignore[arg-type]
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+            coverage=floats(coverage),
+            quantiles=floats(quantiles),
+        )
+        total = validate_request(request, loaded.manifest["capabilities"], y, loaded.forecaster)
+        with _progress() as progress:
+            task = progress.add_task(f"{name} v{number}: folds", total=total)
+            result, _ = run_backtest(
+                loaded.forecaster,
+                y,
+                x,
+                request,
+                schema,
+                on_progress=lambda done, _t: progress.update(task, completed=done),
+            )
+    except ServiceError as exc:
+        _fail(exc)
+    table = Table("fold", "cutoff", *request.metrics, "fit s", "predict s")
+    for fold in result["folds"]:
+        table.add_row(
+            str(fold["fold"]),
+            str(fold["cutoff"]),
+            *[_fmt(fold["metrics"][m]) for m in request.metrics],
+            f"{fold['fit_seconds']:.3f}",
+            f"{fold['predict_seconds']:.3f}",
+        )
+    table.add_row("mean", "", *[_fmt(result["aggregate"][m]) for m in request.metrics], "", "", style="bold")
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return "-" if value is None else f"{value:.4g}"
+
+
 def main() -> None:
     app()

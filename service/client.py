@@ -7,6 +7,7 @@ with Client("http://127.0.0.1:8000") as client:
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -80,15 +81,15 @@ class Client:
     ) -> pd.DataFrame:
         """Forecast table of a model; ``attrs`` carry the model, version and cutoff that answered."""
         body: dict[str, Any] = {
-            "horizon": horizon,
-            "fh": list(fh) if fh is not None else None,
+            "horizon": operator.index(horizon) if horizon is not None else None,
+            "fh": [operator.index(step) for step in fh] if fh is not None else None,
             "timestamps": [format_time(t) for t in timestamps] if timestamps is not None else None,
             "series": [_series_key(s) for s in series] if series is not None else None,
-            "coverage": list(coverage) if coverage is not None else None,
-            "quantiles": list(quantiles) if quantiles is not None else None,
+            "coverage": [float(c) for c in coverage] if coverage is not None else None,
+            "quantiles": [float(q) for q in quantiles] if quantiles is not None else None,
             "observations": frame_to_wire(observations) if observations is not None else None,
             "exogenous": frame_to_wire(exogenous) if exogenous is not None else None,
-            "version": version,
+            "version": operator.index(version) if version is not None else None,
             "alias": alias,
         }
         response = self.http.post(
@@ -112,9 +113,11 @@ class Client:
 
 
 def _series_key(key: SeriesKey) -> Any:
-    if isinstance(key, str | Mapping):
+    if isinstance(key, str):
         return key
-    return list(key)
+    if isinstance(key, Mapping):
+        return {str(k): str(v) for k, v in key.items()}
+    return [str(v) for v in key]
 
 
 def _raise_for_problem(response: httpx.Response) -> None:

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 from service.errors import NotReady
 from service.forecasting.served import Limits
+from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
+from service.jobs.store import JobStore, process_owner
 from service.registry.cache import ModelCache
 from service.registry.store import Registry
 from service.settings import Settings
@@ -46,17 +48,34 @@ class Runtime:
     cache: ModelCache
     responses: ResponseCache
     executor: ThreadPoolExecutor
+    jobs: JobStore
+    runner: JobRunner
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         registry = Registry(settings.registry)
+        jobs = JobStore(settings.resolved_jobs_url)
+        context = WorkerContext(
+            jobs_url=settings.resolved_jobs_url,
+            registry=str(registry.root),
+            data_dir=str(settings.data_dir.resolve()),
+            owner=process_owner(),
+        )
         return cls(
             settings=settings,
             registry=registry,
             cache=ModelCache(registry, extra_versions=settings.version_cache_size),
             responses=ResponseCache(settings.response_cache_size),
             executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
+            jobs=jobs,
+            runner=JobRunner(
+                jobs,
+                LocalProcessExecutor(),
+                context,
+                max_concurrent=settings.max_concurrent_jobs,
+                stale_after=settings.job_stale_seconds,
+            ),
         )
 
     @property

@@ -41,3 +41,18 @@ class Settings(BaseSettings):
         default=1024, ge=0, description="Serialised fast-path responses kept in memory (LRU)"
     )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error")
+    data_dir: Path = Field(default=Path("data"), description="Folder for datasets, job files and the SQLite job store")
+    jobs_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the job store; default sqlite:///<data_dir>/jobs.sqlite"
+    )
+    max_concurrent_jobs: int = Field(default=2, ge=1, description="Jobs this process runs at once (one process each)")
+    job_stale_seconds: float = Field(
+        default=30.0, gt=0, description="A running job whose owner has not beaten for this long is failed (interrupted)"
+    )
+    max_wait_seconds: float = Field(
+        default=60.0, ge=0, description="Longest `?wait=true` a backtest request may block for"
+    )
+
+    @property
+    def resolved_jobs_url(self) -> str:
+        return self.jobs_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.jobs.store import JobStore
 from service.registry.cache import ModelCache
 from service.registry.store import Registry
 from service.runtime import Runtime
@@ -28,6 +29,11 @@ def get_cache(request: Request) -> ModelCache:
     return request.app.state.runtime.cache
 
 
+def get_jobs(request: Request) -> JobStore:
+    return request.app.state.runtime.jobs
+
+
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]

@@ -65,3 +65,43 @@ def _x(index: pd.Index) -> Any:
     if isinstance(index, pd.PeriodIndex):
         return index.to_timestamp()
     return index.to_numpy()
+
+
+def backtest_png(jobs: Any, data_dir: str, job_id: str, series: str | None) -> bytes:
+    """Actuals vs forecasts of every fold of a finished backtest, for one series."""
+    from pathlib import Path
+
+    from service.errors import Conflict, SeriesNotFound
+    from service.forecasting.backtest import default_plot_series
+    from service.tables import Schema
+
+    job = jobs.get(job_id)
+    if job.kind != "backtest" or job.status != "succeeded":
+        raise Conflict(f"job {job_id} is a {job.kind} that is {job.status}; plots exist for finished backtests")
+    schema = Schema.from_dict(job.result["schema"])
+    path = Path(data_dir) / "jobs" / job_id / "predictions.parquet"
+    if not path.is_file():
+        raise Conflict(f"job {job_id} kept no fold predictions")
+    predictions = pd.read_parquet(path)
+    key = tuple(series.split("/")) if series else default_plot_series(schema, predictions)
+    if len(key) != len(schema.keys):
+        raise SeriesNotFound(f"series {series!r} needs {len(schema.keys)} key value(s) {list(schema.keys)}")
+    rows = predictions
+    for k, v in zip(schema.keys, key, strict=True):
+        rows = rows[rows[k].astype(str) == v]
+    if rows.empty:
+        raise SeriesNotFound(f"the backtest has no series {list(key)}", series=list(key))
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    actual = rows.drop_duplicates(subset=[schema.time]).sort_values(schema.time)
+    ax.plot(actual[schema.time], actual["actual"], color="#333333", lw=1.2, label="actual")
+    for fold, part in rows.groupby("fold"):
+        ax.plot(part[schema.time], part["forecast"], lw=1.6, label=f"fold {fold}")
+    title = " / ".join(key) if key else job.model
+    ax.set_title(f"backtest {job_id[:8]} of {job.model} v{job.result['version']}: {title}", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
+
+from service.api.deps import RuntimeDep
+from service.jobs.backtests import submit_backtest
+from service.schemas.jobs import BacktestBody, JobOut
+from service.tables import encode_json
+
+router = APIRouter(prefix="/v1/models", tags=["backtests"])
+PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "/{name}/backtests",
+    status_code=202,
+    response_model=JobOut,
+    summary="Start a backtest job (sktime evaluate); 202 + Location",
+    responses={200: {"description": "Finished within ?wait"}, 404: PROBLEM, 422: PROBLEM},
+)
+async def start_backtest(
+    name: Annotated[str, Path(examples=["airline"])],
+    body: BacktestBody,
+    runtime: RuntimeDep,
+    wait: Annotated[bool, Query(description="Block until the job finishes (bounded by `timeout`)")] = False,
+    timeout: Annotated[float, Query(ge=0, le=600, description="Seconds to wait at most with ?wait=true")] = 30.0,
+) -> Response:
+    served = runtime.cache.get(name, body.version, body.alias)
+    request = body.to_request(served.schema.keys)
+    job = await runtime.run_blocking(submit_backtest, runtime.jobs, runtime.registry, served, request)
+    runtime.runner.wake()
+    if wait:
+        deadline = time.monotonic() + min(timeout, runtime.settings.max_wait_seconds)
+        while not job.finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            job = await asyncio.to_thread(runtime.jobs.get, job.id)
+    status = 200 if job.finished else 202
+    return Response(
+        encode_json(job.public()),
+        status_code=status,
+        media_type="application/json",
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )

@@ -1,0 +1,328 @@
+"""Backtests: sktime's `evaluate` with its splitters and metrics, plus per-series
+metrics from the fold data it returns. Reused by the retrain gate."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from service.errors import CapabilityUnavailable, InvalidInput
+from service.tables import TOTAL, Schema, format_time
+
+Strategy = Literal["refit", "update", "no-update_params"]
+POINT_METRICS = ("MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE")
+PROBABILISTIC_METRICS = ("pinball", "coverage")
+DEFAULT_METRICS = ("MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE")
+
+
+_PREDICTION_COLUMN = {"pinball": "y_pred_quantiles", "coverage": "y_pred_interval"}
+
+
+class Cancelled(Exception):
+    """Raised between folds when the job was cancelled."""
+
+
+def _wape(y_true: Any, y_pred: Any, **_: Any) -> float:
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    return float(np.sum(np.abs(y_true - y_pred)) / np.sum(np.abs(y_true)))
+
+
+def metric_objects(names: Sequence[str], coverage: Sequence[float], quantiles: Sequence[float]) -> list[Any]:
+    """sktime metric objects for our metric names (one per name; probabilistic ones per level)."""
+    from sktime.performance_metrics.forecasting import (
+        MeanAbsoluteError,
+        MeanAbsolutePercentageError,
+        MeanAbsoluteScaledError,
+        MeanSquaredError,
+        make_forecasting_scorer,
+    )
+    from sktime.performance_metrics.forecasting.probabilistic import EmpiricalCoverage, PinballLoss
+
+    factories: dict[str, Callable[[], Any]] = {
+        "MAE": MeanAbsoluteError,
+        "RMSE": lambda: MeanSquaredError(square_root=True),
+        "MAPE": lambda: MeanAbsolutePercentageError(symmetric=False),
+        "sMAPE": lambda: MeanAbsolutePercentageError(symmetric=True),
+        "MASE": MeanAbsoluteScaledError,
+        "WAPE": lambda: make_forecasting_scorer(_wape, name="WAPE", greater_is_better=False),
+    }
+    objects = []
+    for name in names:
+        if name in factories:
+            metric = factories[name]()
+        elif name == "pinball":
+            metric = PinballLoss(alpha=list(quantiles))
+        elif name == "coverage":
+            metric = EmpiricalCoverage(coverage=list(coverage))
+        else:
+            continue
+        # evaluate names result columns test_{metric.name}; MAPE and sMAPE share a class
+        metric.name = name
+        objects.append(metric)
+    return objects
+
+
+@dataclass(frozen=True)
+class SplitterSpec:
+    type: Literal["expanding", "sliding", "folds"] = "folds"
+    horizon: int = 12
+    initial_window: int | None = None
+    window_length: int | None = None
+    step: int | None = None
+    folds: int | None = None
+
+    def build(self) -> Any:
+        from sktime.split import ExpandingGreedySplitter, ExpandingWindowSplitter, SlidingWindowSplitter
+
+        fh = list(range(1, self.horizon + 1))
+        step = self.step or self.horizon
+        if self.type == "expanding":
+            if not self.initial_window:
+                raise InvalidInput("an expanding splitter needs 'initial_window'", field="splitter.initial_window")
+            return ExpandingWindowSplitter(fh=fh, initial_window=self.initial_window, step_length=step)
+        if self.type == "sliding":
+            if not self.window_length:
+                raise InvalidInput("a sliding splitter needs 'window_length'", field="splitter.window_length")
+            return SlidingWindowSplitter(fh=fh, window_length=self.window_length, step_length=step)
+        return ExpandingGreedySplitter(test_size=self.horizon, folds=self.folds or 3, step_length=self.step)
+
+
+@dataclass
+class BacktestRequest:
+    splitter: SplitterSpec = field(default_factory=SplitterSpec)
+    strategy: Strategy = "refit"
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    coverage: tuple[float, ...] = ()
+    quantiles: tuple[float, ...] = ()
+    series: tuple[tuple[str, ...], ...] | None = None
+
+
+def validate_request(
+    request: BacktestRequest, capabilities: dict[str, Any], y: pd.DataFrame, forecaster: Any = None
+) -> int:
+    """Check metrics, capabilities and that the splitter yields folds; returns the fold count."""
+    if request.strategy != "refit" and getattr(forecaster, "_requires_residuals", False):
+        # sktime 1.2: ReconcilerForecaster.update appends residuals for times it has seen, and
+        # evaluate's update strategies pass the whole training window -> duplicate index
+        raise InvalidInput(
+            f"strategy '{request.strategy}' cannot run on {type(forecaster).__name__} "
+            f"(method={getattr(forecaster, 'method', '?')}): sktime 1.2 fails to update its residuals "
+            "on overlapping windows; use strategy 'refit'",
+            field="strategy",
+        )
+    known = set(POINT_METRICS) | set(PROBABILISTIC_METRICS)
+    unknown = [m for m in request.metrics if m not in known]
+    if unknown:
+        raise InvalidInput(f"unknown metric(s) {unknown}; known: {sorted(known)}", field="metrics", metrics=unknown)
+    if "pinball" in request.metrics and not request.quantiles:
+        raise InvalidInput("metric 'pinball' needs 'quantiles'", field="quantiles")
+    if "coverage" in request.metrics and not request.coverage:
+        raise InvalidInput("metric 'coverage' needs 'coverage' levels", field="coverage")
+    if (request.coverage or request.quantiles) and not (capabilities.get("pred_int") or {}).get("available"):
+        reason = (capabilities.get("pred_int") or {}).get("reason") or "not supported"
+        raise CapabilityUnavailable(
+            f"intervals or quantiles were requested but the model cannot give them: {reason}",
+            capability="capability:pred_int",
+            field="coverage" if request.coverage else "quantiles",
+        )
+    if request.quantiles and not (capabilities.get("quantiles") or {}).get("available"):
+        raise CapabilityUnavailable(
+            f"quantiles were requested but the model cannot give them: {capabilities['quantiles'].get('reason')}",
+            capability="capability:pred_int",
+            field="quantiles",
+        )
+    try:
+        n_folds = request.splitter.build().get_n_splits(y)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"the splitter cannot split this data: {exc}", field="splitter") from None
+    if n_folds < 1:
+        raise InvalidInput(
+            "the splitter yields no fold on this data (window plus horizon longer than the series)",
+            field="splitter",
+        )
+    return int(n_folds)
+
+
+class _ProgressSplitter:
+    """Wraps a splitter's ``split_series`` to report each finished fold and stop on cancel."""
+
+    def __init__(self, inner: Any, on_fold: Callable[[int], None]) -> None:
+        self.inner = inner
+        self.on_fold = on_fold
+
+    def install(self) -> Any:
+        original = self.inner.split_series
+
+        def split_series(y: Any) -> Any:
+            for i, pair in enumerate(original(y)):
+                self.on_fold(i)  # i folds are done when the (i+1)-th is asked for
+                yield pair
+
+        self.inner.split_series = split_series  # on our own private splitter instance
+        return self.inner
+
+
+def _series_keys(frame: pd.DataFrame) -> list[tuple[str, ...]]:
+    if frame.index.nlevels == 1:
+        return [()]
+    return [
+        tuple(str(k) for k in (key if isinstance(key, tuple) else (key,))) for key in frame.index.droplevel(-1).unique()
+    ]
+
+
+def _per_series(metric: Any, y_test: pd.DataFrame, y_pred: Any, y_train: pd.DataFrame) -> dict[tuple[str, ...], Any]:
+    if y_test.index.nlevels == 1:
+        return {(): _score(metric, y_test, y_pred, y_train)}
+    raw = metric.clone().set_params(multilevel="raw_values")
+    values = raw(y_test, y_pred, y_train=y_train)
+    out = {}
+    for key, row in values.iterrows():
+        k = tuple(str(v) for v in (key if isinstance(key, tuple) else (key,)))
+        out[k] = _jsonable_score(row)
+    return out
+
+
+def _score(metric: Any, y_test: Any, y_pred: Any, y_train: Any) -> Any:
+    return _jsonable_score(metric(y_test, y_pred, y_train=y_train))
+
+
+def _jsonable_score(value: Any) -> Any:
+    if isinstance(value, pd.Series | pd.DataFrame):
+        flat = np.asarray(value, dtype=float).ravel()
+        value = float(flat[0]) if flat.size == 1 else [float(v) for v in flat]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, list):
+        return [v if np.isfinite(v) else None for v in value]
+    return value
+
+
+def run_backtest(
+    forecaster: Any,
+    y: pd.DataFrame,
+    x: pd.DataFrame | None,
+    request: BacktestRequest,
+    schema: Schema,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run sktime's `evaluate`; returns (result document, fold predictions long table)."""
+    from sktime.forecasting.model_evaluation import evaluate
+
+    n_folds = request.splitter.build().get_n_splits(y)
+    report = on_progress or (lambda done, total: None)
+    splitter = _ProgressSplitter(request.splitter.build(), lambda i: report(i, n_folds)).install()
+    metrics = metric_objects(request.metrics, request.coverage, request.quantiles)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = evaluate(
+            forecaster=forecaster.clone(),
+            cv=splitter,
+            y=y,
+            X=x,
+            strategy=request.strategy,
+            scoring=metrics,
+            return_data=True,
+            error_score="raise",
+        )
+    report(n_folds, n_folds)
+    wall = time.perf_counter() - started
+    return _summarise(frame, metrics, request, schema, wall)
+
+
+def _summarise(
+    frame: pd.DataFrame, metrics: list[Any], request: BacktestRequest, schema: Schema, wall: float
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    names = list(request.metrics)
+    wanted = set(request.series) if request.series is not None else None
+    folds, prediction_rows = [], []
+    per_series_values: dict[tuple[str, ...], dict[str, list[Any]]] = {}
+    for i, row in frame.reset_index(drop=True).iterrows():
+        y_test, y_train, y_pred = row["y_test"], row["y_train"], row["y_pred"]
+        fold_metrics = {n: _jsonable_score(row[f"test_{n}"]) for n, m in zip(names, metrics, strict=True)}
+        series_metrics: dict[tuple[str, ...], dict[str, Any]] = {}
+        for n, m in zip(names, metrics, strict=True):
+            prediction = row[_PREDICTION_COLUMN.get(n, "y_pred")]
+            for key, value in _per_series(m, y_test, prediction, y_train).items():
+                if wanted is None or key in wanted:
+                    series_metrics.setdefault(key, {})[n] = value
+        for key, values in series_metrics.items():
+            for n, v in values.items():
+                per_series_values.setdefault(key, {}).setdefault(n, []).append(v)
+        if "y_pred" in row.index:
+            prediction_rows.append(_fold_predictions(int(i), y_test, y_pred, schema))
+        test_times = y_test.index.get_level_values(-1)
+        train_times = y_train.index.get_level_values(-1)
+        folds.append(
+            {
+                "fold": int(i),
+                "cutoff": format_time(row["cutoff"]),
+                "train_start": format_time(train_times.min()),
+                "train_end": format_time(train_times.max()),
+                "test_start": format_time(test_times.min()),
+                "test_end": format_time(test_times.max()),
+                "fit_seconds": float(row["fit_time"]),
+                "predict_seconds": float(row["pred_time"]),
+                "metrics": fold_metrics,
+                "series": [{"series": list(k), "metrics": v} for k, v in sorted(series_metrics.items())],
+            }
+        )
+    aggregate = {n: _mean([f["metrics"][n] for f in folds]) for n in names}
+    per_series = [
+        {"series": list(k), "metrics": {n: _mean(v) for n, v in values.items()}}
+        for k, values in sorted(per_series_values.items())
+    ]
+    result = {
+        "strategy": request.strategy,
+        "splitter": request.splitter.__dict__,
+        "metrics": names,
+        "coverage": list(request.coverage),
+        "quantiles": list(request.quantiles),
+        "n_folds": len(folds),
+        "folds": folds,
+        "aggregate": aggregate,
+        "per_series": per_series,
+        "timing": {
+            "fit_seconds": float(frame["fit_time"].sum()),
+            "predict_seconds": float(frame["pred_time"].sum()),
+            "wall_seconds": wall,
+        },
+    }
+    predictions = pd.concat(prediction_rows, ignore_index=True) if prediction_rows else pd.DataFrame()
+    return result, predictions
+
+
+def _mean(values: list[Any]) -> Any:
+    if values and isinstance(values[0], list):
+        columns = list(zip(*values, strict=True))
+        return [_mean(list(c)) for c in columns]
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+def _fold_predictions(fold: int, y_test: pd.DataFrame, y_pred: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    target = schema.targets[0]
+    actual = y_test[target] if target in y_test.columns else y_test.iloc[:, 0]
+    predicted = y_pred.reindex(y_test.index)
+    predicted = predicted[target] if target in predicted.columns else predicted.iloc[:, 0]
+    out = pd.DataFrame({"fold": fold, "actual": actual.to_numpy(), "forecast": predicted.to_numpy()})
+    index = y_test.index
+    for level, key in enumerate(schema.keys):
+        out[key] = index.get_level_values(level).astype(str)
+    out[schema.time] = index.get_level_values(-1)
+    return out
+
+
+def default_plot_series(schema: Schema, predictions: pd.DataFrame) -> tuple[str, ...]:
+    if not schema.keys:
+        return ()
+    if schema.kind == "hierarchical":
+        return (TOTAL,) * len(schema.keys)
+    first = predictions.iloc[0]
+    return tuple(str(first[k]) for k in schema.keys)

@@ -1,0 +1,200 @@
+"""Runs queued jobs in worker processes behind an executor seam.
+
+The runner lives in the API process: it claims queued jobs from the store (any replica
+may), starts each in its own process (never the web worker's thread), beats the heart
+of the jobs it runs, kills the ones whose cancel was asked, and fails jobs whose owner
+died (``interrupted``). A Dask distributed executor can fill the same seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker process needs; picklable."""
+
+    jobs_url: str
+    registry: str
+    data_dir: str
+    owner: str
+
+
+class JobHandle(Protocol):
+    def running(self) -> bool: ...
+
+    def exitcode(self) -> int | None: ...
+
+    def cancel(self) -> None: ...
+
+
+class JobExecutor(Protocol):
+    def start(self, job_id: str, context: WorkerContext) -> JobHandle: ...
+
+    def shutdown(self) -> None: ...
+
+
+class ProcessHandle:
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+
+    def running(self) -> bool:
+        return self.process.is_alive()
+
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def cancel(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+
+
+class LocalProcessExecutor:
+    """One process per job from a forkserver that has sktime imported already."""
+
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["service.jobs.worker"])
+
+    def start(self, job_id: str, context: WorkerContext) -> JobHandle:
+        from service.jobs.worker import run_job
+
+        process = self._context.Process(target=run_job, args=(job_id, context), name=f"job-{job_id[:8]}", daemon=True)
+        process.start()
+        return ProcessHandle(process)
+
+    def shutdown(self) -> None:
+        return None
+
+
+def _owner_dead_here(owner: str | None) -> bool:
+    """True when ``owner`` (host:pid:boot) is a process of this host that no longer runs."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        executor: JobExecutor,
+        context: WorkerContext,
+        max_concurrent: int = 2,
+        stale_after: float = 30.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.context = context
+        self.max_concurrent = max_concurrent
+        self.stale_after = stale_after
+        self.poll_interval = poll_interval
+        self.handles: dict[str, JobHandle] = {}
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._last_stale_check = 0.0
+
+    @property
+    def owner(self) -> str:
+        return self.context.owner
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def recover(self) -> list[str]:
+        """On start: jobs left running by a dead process are failed (interrupted)."""
+        failed = self.store.fail_interrupted(self.stale_after, _owner_dead_here)
+        for job_id in failed:
+            log.warning("job %s was running in a process that stopped: marked failed (interrupted)", job_id)
+        return failed
+
+    def tick(self) -> None:
+        """One round: reap, cancel, heartbeat, fail stale jobs, claim queued ones."""
+        with self._lock:
+            self._reap()
+            self._cancel_requested()
+            self.store.heartbeat(list(self.handles), self.owner)
+            if time.monotonic() - self._last_stale_check > max(self.stale_after / 3, 1.0):
+                self._last_stale_check = time.monotonic()
+                self.recover()
+            self._claim()
+
+    def _reap(self) -> None:
+        for job_id, handle in list(self.handles.items()):
+            if handle.running():
+                continue
+            code = handle.exitcode()
+            del self.handles[job_id]
+            if code != 0:
+                # the worker died without writing its outcome (crash, OOM kill, signal)
+                if self.store.finish(job_id, self.owner, "failed", error=f"worker process exited with code {code}"):
+                    log.error("job %s: worker exited with code %s", job_id, code)
+
+    def _cancel_requested(self) -> None:
+        for job_id in self.store.cancel_requested(list(self.handles)):
+            handle = self.handles.pop(job_id)
+            handle.cancel()
+            self.store.finish(job_id, self.owner, "cancelled", error="cancelled while running")
+            log.info("job %s cancelled; its worker was stopped", job_id)
+
+    def _claim(self) -> None:
+        free = self.max_concurrent - len(self.handles)
+        if free <= 0:
+            return
+        for job_id in self.store.queued_ids(free * 2):
+            if len(self.handles) >= self.max_concurrent:
+                break
+            if self.store.claim(job_id, self.owner):
+                try:
+                    self.handles[job_id] = self.executor.start(job_id, self.context)
+                except Exception as exc:  # could not start a process: the job fails, not the server
+                    self.store.finish(job_id, self.owner, "failed", error=f"could not start a worker: {exc}")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.recover)
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("job runner tick failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    def shutdown(self, mark: str = "failed") -> None:
+        """Stop local workers; their jobs are failed (interrupted) so none stays running."""
+        with self._lock:
+            for job_id, handle in list(self.handles.items()):
+                handle.cancel()
+                self.store.finish(job_id, self.owner, mark, error="interrupted: the service shut down")
+            self.handles.clear()
+        self.executor.shutdown()

@@ -1,0 +1,380 @@
+"""The job store: one table through SQLAlchemy Core (SQLite by default, Postgres by URL).
+
+Every state change is a conditional UPDATE, so two processes never both claim a job
+and a job marked failed (e.g. interrupted) is never flipped back by a late worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from service.errors import Conflict, InvalidInput, NotFound
+from service.tables import encode_json
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+KINDS = ("backtest", "retrain")
+
+metadata = sa.MetaData()
+jobs_table = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(64), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("stage", sa.String(64), nullable=True),
+    sa.Column("done", sa.Integer, nullable=False, default=0),
+    sa.Column("total", sa.Integer, nullable=True),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=True, unique=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    # an active retrain per model: unique, so two triggers cannot both insert one
+    sa.Column("active_slot", sa.String(100), nullable=True, unique=True),
+    sa.Column("owner", sa.String(200), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def process_owner() -> str:
+    """host:pid:boot — unique per process, so a restarted process never owns old jobs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    model: str
+    status: str
+    stage: str | None
+    done: int
+    total: int | None
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    owner: str | None
+    cancel_requested: bool
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            model=row["model"],
+            status=row["status"],
+            stage=row["stage"],
+            done=row["done"] or 0,
+            total=row["total"],
+            params=json.loads(row["params"]),
+            result=json.loads(row["result"]) if row["result"] else None,
+            error=row["error"],
+            idempotency_key=row["idempotency_key"],
+            request_hash=row["request_hash"],
+            owner=row["owner"],
+            cancel_requested=bool(row["cancel_requested"]),
+            created_at=_iso(row["created_at"]),
+            started_at=_iso(row["started_at"]),
+            finished_at=_iso(row["finished_at"]),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in ACTIVE
+
+    def public(self) -> dict[str, Any]:
+        """The job as the API shows it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "status": self.status,
+            "progress": {"stage": self.stage, "done": self.done, "total": self.total},
+            "params": self.params,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class JobStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ create
+    def create(
+        self,
+        kind: str,
+        model: str,
+        params: Mapping[str, Any],
+        *,
+        total: int | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        exclusive: bool = False,
+    ) -> tuple[Job, bool]:
+        """Insert a queued job; returns (job, created). With ``idempotency_key`` the same
+        key returns the same job (a different ``request_hash`` is a conflict); with
+        ``exclusive`` an active job of this kind and model is returned instead."""
+        if kind not in KINDS:
+            raise InvalidInput(f"unknown job kind {kind!r}")
+        job_id = uuid.uuid4().hex
+        row = {
+            "id": job_id,
+            "kind": kind,
+            "model": model,
+            "status": "queued",
+            "stage": "queued",
+            "done": 0,
+            "total": total,
+            "params": encode_json(dict(params)).decode(),
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+            "active_slot": f"{kind}:{model}" if exclusive else None,
+            "cancel_requested": False,
+            "created_at": now(),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(jobs_table.insert().values(**row))
+        except sa.exc.IntegrityError:
+            existing = self._existing(kind, model, idempotency_key, exclusive)
+            if existing is None:  # the competing row finished in between: try once more
+                return self.create(
+                    kind,
+                    model,
+                    params,
+                    total=total,
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash,
+                    exclusive=exclusive,
+                )
+            if idempotency_key is not None and existing.idempotency_key == idempotency_key:
+                if request_hash is not None and existing.request_hash != request_hash:
+                    raise InvalidInput(
+                        f"Idempotency-Key {idempotency_key!r} was used with a different request body",
+                        field="Idempotency-Key",
+                        job=existing.id,
+                    ) from None
+            return existing, False
+        return self.get(job_id), True
+
+    def _existing(self, kind: str, model: str, key: str | None, exclusive: bool) -> Job | None:
+        with self.engine.connect() as conn:
+            if key is not None:
+                row = conn.execute(sa.select(jobs_table).where(jobs_table.c.idempotency_key == key)).mappings().first()
+                if row is not None:
+                    return Job.from_row(row)
+            if exclusive:
+                row = (
+                    conn.execute(sa.select(jobs_table).where(jobs_table.c.active_slot == f"{kind}:{model}"))
+                    .mappings()
+                    .first()
+                )
+                if row is not None:
+                    return Job.from_row(row)
+        return None
+
+    # ------------------------------------------------------------------ read
+    def get(self, job_id: str) -> Job:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(jobs_table).where(jobs_table.c.id == job_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}", job=job_id)
+        return Job.from_row(row)
+
+    def list(
+        self,
+        model: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        query = sa.select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)
+        if model:
+            query = query.where(jobs_table.c.model == model)
+        if kind:
+            query = query.where(jobs_table.c.kind == kind)
+        if status:
+            query = query.where(jobs_table.c.status == status)
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(query).mappings()]
+
+    # ------------------------------------------------------------------ transitions
+    def _update(self, job_id: str, where: Any, **values: Any) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(jobs_table.update().where(jobs_table.c.id == job_id, where).values(**values))
+        return result.rowcount == 1
+
+    def claim(self, job_id: str, owner: str) -> bool:
+        """queued -> running, by exactly one process."""
+        stamp = now()
+        return self._update(
+            job_id,
+            sa.and_(jobs_table.c.status == "queued", jobs_table.c.cancel_requested.is_(False)),
+            status="running",
+            stage="starting",
+            owner=owner,
+            started_at=stamp,
+            heartbeat_at=stamp,
+        )
+
+    def queued_ids(self, limit: int) -> list[str]:
+        query = (
+            sa.select(jobs_table.c.id)
+            .where(jobs_table.c.status == "queued")
+            .order_by(jobs_table.c.created_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(query)]
+
+    def progress(self, job_id: str, owner: str, stage: str, done: int, total: int | None) -> bool:
+        """Record progress; False when the job is no longer ours or a cancel was asked."""
+        values: dict[str, Any] = {"stage": stage, "done": done, "heartbeat_at": now()}
+        if total is not None:
+            values["total"] = total
+        moved = self._update(job_id, sa.and_(jobs_table.c.status == "running", jobs_table.c.owner == owner), **values)
+        return moved and not self.get(job_id).cancel_requested
+
+    def heartbeat(self, job_ids: list[str], owner: str) -> None:
+        if not job_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.id.in_(job_ids), jobs_table.c.owner == owner, jobs_table.c.status == "running")
+                .values(heartbeat_at=now())
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        owner: str | None,
+        status: str,
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """running (ours) -> succeeded/failed/cancelled; queued -> cancelled/failed."""
+        assert status in ("succeeded", "failed", "cancelled")
+        where = (
+            sa.and_(jobs_table.c.status == "running", jobs_table.c.owner == owner)
+            if owner is not None
+            else jobs_table.c.status == "queued"
+        )
+        return self._update(
+            job_id,
+            where,
+            status=status,
+            stage=status,
+            result=encode_json(dict(result)).decode() if result is not None else None,
+            error=error,
+            finished_at=now(),
+            active_slot=None,
+        )
+
+    def request_cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.finished:
+            raise Conflict(f"job {job_id} is already {job.status}", job=job_id, status=job.status)
+        self._update(job_id, jobs_table.c.status.in_(ACTIVE), cancel_requested=True)
+        self.finish(job_id, None, "cancelled", error="cancelled before it started")
+        return self.get(job_id)
+
+    def cancel_requested(self, job_ids: list[str]) -> list[str]:
+        if not job_ids:
+            return []
+        query = sa.select(jobs_table.c.id).where(jobs_table.c.id.in_(job_ids), jobs_table.c.cancel_requested.is_(True))
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(query)]
+
+    def fail_interrupted(self, stale_after: float, own_host_dead: Any = None) -> list[str]:
+        """Mark `running` jobs whose owner stopped beating (or died on this host) as
+        failed: interrupted. Returns their ids."""
+        limit = now() - timedelta(seconds=stale_after)
+        with self.engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    sa.select(jobs_table.c.id, jobs_table.c.owner, jobs_table.c.heartbeat_at).where(
+                        jobs_table.c.status == "running"
+                    )
+                ).mappings()
+            )
+        failed = []
+        for row in rows:
+            beat = row["heartbeat_at"]
+            if beat is not None and beat.tzinfo is None:
+                beat = beat.replace(tzinfo=UTC)
+            dead_here = own_host_dead is not None and own_host_dead(row["owner"])
+            if dead_here or beat is None or beat < limit:
+                if self._update(
+                    row["id"],
+                    sa.and_(jobs_table.c.status == "running", jobs_table.c.owner == row["owner"]),
+                    status="failed",
+                    stage="failed",
+                    error="interrupted: the process running this job stopped",
+                    finished_at=now(),
+                    active_slot=None,
+                ):
+                    failed.append(row["id"])
+        return failed

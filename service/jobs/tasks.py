@@ -1,0 +1,55 @@
+"""What each job kind does inside its worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
+from service.jobs.runner import WorkerContext
+from service.jobs.store import Job
+from service.registry.store import Registry
+from service.tables import Schema, to_sktime, write_parquet
+
+Progress = Callable[[str, int, int | None], None]
+
+
+def job_dir(data_dir: str | Path, job_id: str) -> Path:
+    return Path(data_dir) / "jobs" / job_id
+
+
+def backtest_request(params: dict[str, Any]) -> BacktestRequest:
+    return BacktestRequest(
+        splitter=SplitterSpec(**params["splitter"]),
+        strategy=params["strategy"],
+        metrics=tuple(params["metrics"]),
+        coverage=tuple(params.get("coverage") or ()),
+        quantiles=tuple(params.get("quantiles") or ()),
+        series=tuple(tuple(s) for s in params["series"]) if params.get("series") is not None else None,
+    )
+
+
+def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
+    registry = Registry(context.registry)
+    version = int(job.params["version"])
+    progress("loading", 0, None)
+    loaded = registry.load(job.model, version)
+    schema = Schema.from_dict(loaded.manifest["schema"])
+    training = registry.read_training(job.model, version, loaded.manifest)
+    y, x = to_sktime(training, schema)
+    request = backtest_request(job.params)
+    result, predictions = run_backtest(
+        loaded.forecaster, y, x, request, schema, on_progress=lambda done, total: progress("folds", done, total)
+    )
+    folder = job_dir(context.data_dir, job.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(predictions):
+        write_parquet(predictions, schema, folder / "predictions.parquet")
+    return {
+        "model": job.model,
+        "version": version,
+        "data": "training table of the version",
+        "schema": schema.to_dict(),
+        **result,
+    }

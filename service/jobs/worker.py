@@ -1,0 +1,65 @@
+"""Entry point of a job's worker process: run the job, write its outcome to the store."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+# imported in the forkserver once, so each job starts in milliseconds
+import sktime.forecasting.model_evaluation  # noqa: F401
+
+from service.errors import ServiceError
+from service.forecasting.backtest import Cancelled
+from service.jobs.runner import WorkerContext
+from service.jobs.store import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int | None], None]
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent dies, so no orphan finishes a job."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:
+    from service.jobs.tasks import run_backtest_job
+
+    return {"backtest": run_backtest_job}
+
+
+def run_job(job_id: str, context: WorkerContext) -> None:
+    _die_with_parent()
+    from service.app import quiet_sktime_warnings
+
+    quiet_sktime_warnings()
+    store = JobStore(context.jobs_url)
+    job = store.get(job_id)
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if not store.progress(job_id, context.owner, stage, done, total):
+            raise Cancelled
+
+    try:
+        result = handlers()[job.kind](job, context, progress)
+    except Cancelled:
+        store.finish(job_id, context.owner, "cancelled", error="cancelled")
+    except ServiceError as exc:
+        store.finish(job_id, context.owner, "failed", error=exc.detail)
+    except Exception as exc:  # a job's failure is recorded, never lost
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        store.finish(job_id, context.owner, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+    else:
+        store.finish(job_id, context.owner, "succeeded", result=result)
+    finally:
+        store.dispose()

@@ -1,0 +1,90 @@
+"""Wire models of backtests and jobs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+
+from service.forecasting.backtest import DEFAULT_METRICS, BacktestRequest, SplitterSpec
+from service.schemas.predict import SeriesKey, normalize_series
+
+
+class SplitterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["expanding", "sliding", "folds"] = Field(
+        default="folds", description="expanding window, sliding window, or the last `folds` windows (greedy)"
+    )
+    horizon: StrictInt = Field(default=12, ge=1, le=1000, description="Steps forecast in each fold")
+    initial_window: StrictInt | None = Field(default=None, ge=2, description="expanding: first training window")
+    window_length: StrictInt | None = Field(default=None, ge=2, description="sliding: training window")
+    step: StrictInt | None = Field(default=None, ge=1, description="Steps between cutoffs (default: horizon)")
+    folds: StrictInt | None = Field(default=None, ge=1, le=100, description="folds: how many last windows")
+
+
+class BacktestBody(BaseModel):
+    """A backtest of a version's forecaster on its training data (sktime `evaluate`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"splitter": {"type": "folds", "folds": 3, "horizon": 12}, "strategy": "refit"},
+                {
+                    "splitter": {"type": "expanding", "initial_window": 96, "step": 12, "horizon": 12},
+                    "metrics": ["MAE", "MASE", "pinball", "coverage"],
+                    "quantiles": [0.1, 0.9],
+                    "coverage": [0.8],
+                },
+            ]
+        },
+    )
+
+    version: StrictInt | None = Field(default=None, ge=1)
+    alias: StrictStr | None = None
+    splitter: SplitterBody = Field(default_factory=SplitterBody)
+    strategy: Literal["refit", "update", "no-update_params"] = "refit"
+    metrics: list[StrictStr] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS),
+        description="MAE, RMSE, MAPE, sMAPE, MASE, WAPE, pinball (needs quantiles), coverage (needs coverage)",
+    )
+    coverage: list[StrictFloat] = Field(default_factory=list)
+    quantiles: list[StrictFloat] = Field(default_factory=list)
+    series: list[SeriesKey] | None = Field(default=None, description="Report per-series metrics for these only")
+
+    @field_validator("coverage", "quantiles")
+    @classmethod
+    def _unit_interval(cls, value: list[float]) -> list[float]:
+        for v in value:
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{v} is not strictly between 0 and 1")
+        return sorted(set(value))
+
+    def to_request(self, keys: tuple[str, ...]) -> BacktestRequest:
+        return BacktestRequest(
+            splitter=SplitterSpec(**self.splitter.model_dump()),
+            strategy=self.strategy,
+            metrics=tuple(dict.fromkeys(self.metrics)),
+            coverage=tuple(self.coverage),
+            quantiles=tuple(self.quantiles),
+            series=tuple(normalize_series(s, keys) for s in self.series) if self.series is not None else None,
+        )
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    model: str
+    status: str
+    progress: dict[str, Any]
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import problems
 from service.api.limits import BodySizeLimit
-from service.api.routes import backtests, health, jobs, models, predict
+from service.api.routes import backtests, datasets, health, jobs, models, predict
+from service.jobs.scheduler import run_scheduler
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -37,12 +38,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         initial = asyncio.create_task(asyncio.to_thread(runtime.cache.refresh))
         watcher = asyncio.create_task(runtime.cache.watch(settings.poll_interval, runtime.stop))
         runner = asyncio.create_task(runtime.runner.run(runtime.stop))
+        tasks = [initial, watcher, runner]
+        if settings.scheduler:
+            tasks.append(
+                asyncio.create_task(
+                    run_scheduler(
+                        runtime.registry,
+                        runtime.jobs,
+                        settings.schedule_poll_seconds,
+                        runtime.stop,
+                        runtime.runner.wake,
+                    )
+                )
+            )
         try:
             yield
         finally:
             runtime.stop.set()
             runtime.runner.wake()
-            for task in (initial, watcher, runner):
+            for task in tasks:
                 with contextlib.suppress(Exception):
                     await task
             await asyncio.to_thread(runtime.runner.shutdown)
@@ -64,4 +78,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(backtests.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
     return app

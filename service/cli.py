@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,6 +100,7 @@ def serve(
 
     settings = _settings(registry, host=host, port=port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_port_free(settings.host, settings.port)
     if train_missing or settings.train_missing:
         reg = _registry(settings.registry)
         reg.cleanup_staging()
@@ -108,7 +111,8 @@ def serve(
                 train_models(reg, missing)
             except ServiceError as exc:
                 _fail(exc)
-    _check_port_free(settings.host, settings.port)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if workers > 1:
         err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers)
@@ -303,3 +307,7 @@ def _fmt(value: Any) -> str:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from service.datasets.store import DatasetStore
 from service.errors import NotReady
 from service.forecasting.served import Limits
 from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
@@ -50,6 +51,7 @@ class Runtime:
     executor: ThreadPoolExecutor
     jobs: JobStore
     runner: JobRunner
+    datasets: DatasetStore
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -61,6 +63,7 @@ class Runtime:
             registry=str(registry.root),
             data_dir=str(settings.data_dir.resolve()),
             owner=process_owner(),
+            sql_url=settings.sql_url,
         )
         return cls(
             settings=settings,
@@ -76,12 +79,29 @@ class Runtime:
                 max_concurrent=settings.max_concurrent_jobs,
                 stale_after=settings.job_stale_seconds,
             ),
+            datasets=DatasetStore(settings.data_dir),
         )
+
+    def __post_init__(self) -> None:
+        self.runner.on_finished = self._job_finished
+
+    def _job_finished(self, job_id: str) -> None:
+        """A finished retrain may have published and promoted: look now, not at the next poll."""
+        job = self.jobs.get(job_id)
+        if job.kind == "retrain":
+            self.cache.refresh(only=job.model)
 
     @property
     def limits(self) -> Limits:
         s = self.settings
         return Limits(max_horizon=s.max_horizon, max_series=s.max_series_per_request, max_rows=s.max_rows_per_request)
+
+    async def served(self, name: str, version: int | None = None, alias: str | None = None) -> Any:
+        """The version a request uses: from memory, or loaded on a worker thread."""
+        served = self.cache.peek(name, version, alias)
+        if served is None:
+            served = await self.run_blocking(self.cache.get, name, version, alias)
+        return served
 
     async def run_blocking(self, func: Any, *args: Any, timeout: float | None = None) -> Any:
         """Run CPU work (sktime, matplotlib) on the worker threads, never on the event loop."""

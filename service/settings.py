@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="Longest `?wait=true` a backtest request may block for"
     )
 
+    sql_url: str | None = Field(default=None, description="SQLAlchemy URL that `sql:` data sources of specs query")
+    schedule_poll_seconds: float = Field(
+        default=15.0, gt=0, description="Seconds between checks of the specs' retrain schedules"
+    )
+    scheduler: bool = Field(default=True, description="Run the retrain scheduler in this process")
+
     @property
     def resolved_jobs_url(self) -> str:
         return self.jobs_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"

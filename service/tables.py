@@ -440,14 +440,19 @@ def frame_to_wire(frame: pd.DataFrame) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for name in frame.columns:
         values = frame[name]
+        missing = values.isna().to_numpy()
         if isinstance(values.dtype, pd.PeriodDtype):
-            out[str(name)] = list(format_times(pd.PeriodIndex(values)))
+            cells = [None if m else format_time(p) for p, m in zip(values, missing, strict=True)]
         elif pd.api.types.is_datetime64_any_dtype(values.dtype):
-            out[str(name)] = [t.isoformat() for t in values]
+            cells = [None if m else t.isoformat() for t, m in zip(values, missing, strict=True)]
         elif pd.api.types.is_float_dtype(values.dtype):
-            out[str(name)] = [None if not math.isfinite(v) else float(v) for v in values]
+            cells = [None if m else float(v) for v, m in zip(values.astype("float64"), missing, strict=True)]
         else:
-            out[str(name)] = [v.item() if hasattr(v, "item") else v for v in values]
+            cells = [v.item() if hasattr(v, "item") else v for v in values.astype(object)]
+        out[str(name)] = [
+            None if m or (isinstance(c, float) and not math.isfinite(c)) else c
+            for c, m in zip(cells, missing, strict=True)
+        ]
     return out
 
 
@@ -465,3 +470,25 @@ def encode_arrow(columns: Mapping[str, np.ndarray]) -> bytes:
 
 def decode_arrow(data: bytes) -> pd.DataFrame:
     return pa.ipc.open_stream(data).read_pandas()
+
+
+def read_upload(body: bytes, content_type: str | None, what: str = "body") -> pd.DataFrame:
+    """An uploaded table: CSV, a column-oriented JSON table, or Parquet."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if not body:
+        raise InvalidTable(f"the {what} is empty: send a CSV, JSON table or Parquet file", field=what)
+    try:
+        if kind in ("text/csv", "application/csv"):
+            return pd.read_csv(io.BytesIO(body))
+        if kind in ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet"):
+            return pd.read_parquet(io.BytesIO(body))
+        if kind in ("application/json", ""):
+            return wire_to_frame(orjson.loads(body), what)
+    except InvalidTable:
+        raise
+    except (ValueError, TypeError, pa.ArrowException, pd.errors.ParserError, orjson.JSONDecodeError) as exc:
+        raise InvalidTable(f"the {what} cannot be read as {kind or 'JSON'}: {exc}"[:500], field=what) from None
+    raise InvalidTable(
+        f"unsupported content type {kind!r}: use text/csv, application/json or application/vnd.apache.parquet",
+        field="content-type",
+    )

@@ -65,7 +65,10 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 
 
 def make_settings(registry_path: Path, **overrides: object) -> Settings:
-    return Settings(registry=registry_path, poll_interval=0.2, **overrides)  # type: ignore[arg-type]
+    """Settings on a registry copy, with a private data folder (job store, datasets) beside it."""
+    values: dict[str, object] = {"data_dir": registry_path.parent / "data", "poll_interval": 0.2}
+    values.update(overrides)
+    return Settings(registry=registry_path, **values)  # type: ignore[arg-type]
 
 
 @pytest.fixture

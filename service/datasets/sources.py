@@ -82,8 +82,25 @@ BUILTIN_SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
 }
 
 
-def read_source(source: Mapping[str, Any], base_dir: Path | None = None) -> pd.DataFrame:
-    """Read a declared source to a long DataFrame (not yet validated)."""
+def read_source(
+    source: Mapping[str, Any],
+    base_dir: Path | None = None,
+    *,
+    datasets: Any = None,
+    sql_url: str | None = None,
+    dataset_version: str | None = None,
+) -> tuple[pd.DataFrame, str | None]:
+    """Read a declared source to a long DataFrame (not yet validated) and, for an uploaded
+    dataset, the version read."""
+    if "dataset" in source:
+        if datasets is None:
+            raise SpecError("this command has no data folder to read datasets from", field="data.source")
+        table, version, _ = datasets.read(source["dataset"], dataset_version or source.get("version"))
+        return table, version
+    if dataset_version is not None:
+        raise SpecError(
+            "'dataset_version' applies to models whose source is an uploaded dataset", field="dataset_version"
+        )
     if "builtin" in source:
         name = source["builtin"]
         loader = BUILTIN_SOURCES.get(name)
@@ -93,7 +110,7 @@ def read_source(source: Mapping[str, Any], base_dir: Path | None = None) -> pd.D
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return loader(**params)
+                return loader(**params), None
         except TypeError as exc:
             raise SpecError(f"builtin dataset {name!r}: {exc}", field="data.source") from None
     if "path" in source:
@@ -103,8 +120,23 @@ def read_source(source: Mapping[str, Any], base_dir: Path | None = None) -> pd.D
         if not path.is_file():
             raise SpecError(f"data source file not found: {source['path']}", field="data.source")
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            return pd.read_parquet(path), None
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path), None
         raise SpecError(f"data source {path.name}: only .csv and .parquet files are read", field="data.source")
-    raise SpecError("data.source needs 'builtin' or 'path'", field="data.source")
+    if "sql" in source:
+        if not sql_url:
+            raise SpecError("a SQL source needs the setting FORECAST_SQL_URL", field="data.source")
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(sql_url)
+        try:
+            with engine.connect() as conn:
+                return pd.read_sql_query(sa.text(source["sql"]), conn), None
+        except sa.exc.SQLAlchemyError as exc:
+            raise SpecError(
+                f"the SQL source failed: {exc.__class__.__name__}: {exc}"[:500], field="data.source"
+            ) from None
+        finally:
+            engine.dispose()
+    raise SpecError("data.source needs one of 'builtin', 'path', 'sql' or 'dataset'", field="data.source")

@@ -240,6 +240,17 @@ class ModelSpec(_Strict):
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"'{value}' is not a pandas period frequency") from exc
 
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"'{value}' is not a cron expression (5 fields, or 6 with seconds last)")
+        return value
+
     @field_validator("coverage")
     @classmethod
     def _valid_coverage(cls, value: list[float]) -> list[float]:

@@ -70,7 +70,7 @@ def train_and_publish(
         registry.require_model(name)
         raise InvalidInput(f"model '{name}' has no {name}/model.yaml to train from", model=name)
     say("loading data")
-    raw = read_source(spec.data.source, base_dir=registry.model_dir(name))
+    raw, _ = read_source(spec.data.source, base_dir=registry.model_dir(name))
     say("fitting")
     result = fit_spec(spec, raw)
     say("publishing")

@@ -32,6 +32,7 @@ class WorkerContext:
     registry: str
     data_dir: str
     owner: str
+    sql_url: str | None = None
 
 
 class JobHandle(Protocol):
@@ -74,7 +75,9 @@ class LocalProcessExecutor:
     def start(self, job_id: str, context: WorkerContext) -> JobHandle:
         from service.jobs.worker import run_job
 
-        process = self._context.Process(target=run_job, args=(job_id, context), name=f"job-{job_id[:8]}", daemon=True)
+        # not a daemon: sktime's loky backend starts processes of its own for panels;
+        # the runner kills workers on shutdown and PR_SET_PDEATHSIG kills orphans
+        process = self._context.Process(target=run_job, args=(job_id, context), name=f"job-{job_id[:8]}", daemon=False)
         process.start()
         return ProcessHandle(process)
 
@@ -122,6 +125,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._last_stale_check = 0.0
+        self.on_finished: Any = None  # called with (job_id) from the runner thread
 
     @property
     def owner(self) -> str:
@@ -154,10 +158,16 @@ class JobRunner:
                 continue
             code = handle.exitcode()
             del self.handles[job_id]
-            if code != 0:
-                # the worker died without writing its outcome (crash, OOM kill, signal)
-                if self.store.finish(job_id, self.owner, "failed", error=f"worker process exited with code {code}"):
-                    log.error("job %s: worker exited with code %s", job_id, code)
+            # a worker that died without writing its outcome (crash, OOM kill, signal)
+            if code != 0 and self.store.finish(
+                job_id, self.owner, "failed", error=f"worker process exited with code {code}"
+            ):
+                log.error("job %s: worker exited with code %s", job_id, code)
+            if self.on_finished is not None:
+                try:
+                    self.on_finished(job_id)
+                except Exception:  # a hook must not stop the runner
+                    log.exception("job %s: on_finished hook failed", job_id)
 
     def _cancel_requested(self) -> None:
         for job_id in self.store.cancel_requested(list(self.handles)):

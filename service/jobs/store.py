@@ -208,13 +208,13 @@ class JobStore:
                     request_hash=request_hash,
                     exclusive=exclusive,
                 )
-            if idempotency_key is not None and existing.idempotency_key == idempotency_key:
-                if request_hash is not None and existing.request_hash != request_hash:
-                    raise InvalidInput(
-                        f"Idempotency-Key {idempotency_key!r} was used with a different request body",
-                        field="Idempotency-Key",
-                        job=existing.id,
-                    ) from None
+            same_key = idempotency_key is not None and existing.idempotency_key == idempotency_key
+            if same_key and request_hash is not None and existing.request_hash != request_hash:
+                raise InvalidInput(
+                    f"Idempotency-Key {idempotency_key!r} was used with a different request body",
+                    field="Idempotency-Key",
+                    job=existing.id,
+                ) from None
             return existing, False
         return self.get(job_id), True
 
@@ -366,15 +366,14 @@ class JobStore:
             if beat is not None and beat.tzinfo is None:
                 beat = beat.replace(tzinfo=UTC)
             dead_here = own_host_dead is not None and own_host_dead(row["owner"])
-            if dead_here or beat is None or beat < limit:
-                if self._update(
-                    row["id"],
-                    sa.and_(jobs_table.c.status == "running", jobs_table.c.owner == row["owner"]),
-                    status="failed",
-                    stage="failed",
-                    error="interrupted: the process running this job stopped",
-                    finished_at=now(),
-                    active_slot=None,
-                ):
-                    failed.append(row["id"])
+            if (dead_here or beat is None or beat < limit) and self._update(
+                row["id"],
+                sa.and_(jobs_table.c.status == "running", jobs_table.c.owner == row["owner"]),
+                status="failed",
+                stage="failed",
+                error="interrupted: the process running this job stopped",
+                finished_at=now(),
+                active_slot=None,
+            ):
+                failed.append(row["id"])
         return failed

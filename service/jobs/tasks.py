@@ -53,3 +53,18 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
         "schema": schema.to_dict(),
         **result,
     }
+
+
+def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
+    from service.datasets.store import DatasetStore
+    from service.jobs.retrain import RetrainParams, retrain
+
+    return retrain(
+        Registry(context.registry),
+        DatasetStore(context.data_dir),
+        job.model,
+        RetrainParams.from_dict(job.params),
+        job_id=job.id,
+        sql_url=context.sql_url,
+        progress=progress,
+    )

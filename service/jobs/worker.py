@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import signal
@@ -26,16 +27,14 @@ Progress = Callable[[str, int, int | None], None]
 def _die_with_parent() -> None:
     """Linux: SIGKILL this worker when its parent dies, so no orphan finishes a job."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:
-    from service.jobs.tasks import run_backtest_job
+    from service.jobs.tasks import run_backtest_job, run_retrain_job
 
-    return {"backtest": run_backtest_job}
+    return {"backtest": run_backtest_job, "retrain": run_retrain_job}
 
 
 def run_job(job_id: str, context: WorkerContext) -> None:

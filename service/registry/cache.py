@@ -84,6 +84,9 @@ class ModelCache:
                         alias=alias,
                     )
                 raise AliasNotFound(f"model '{name}' has no alias '{alias}'", model=name, alias=alias)
+            served = state.loaded.get(state.serving[alias])
+            if served is not None:
+                return served
             version = state.serving[alias]
         served = state.loaded.get(version)
         if served is not None:
@@ -140,12 +143,25 @@ class ModelCache:
             self._evict()
         return served
 
+    def peek(self, name: str, version: int | None = None, alias: str | None = None) -> ServedVersion | None:
+        """The served version if it is in memory (never loads: safe on the event loop)."""
+        state = self.state(name)
+        if version is None:
+            target = state.serving.get(alias or "production")
+            return state.loaded.get(target) if target is not None else None
+        served = state.loaded.get(version)
+        if served is not None:
+            self._touch(name, version)
+        return served
+
     def _touch(self, name: str, version: int) -> None:
+        """Remember a version asked for by number (the LRU of extra versions)."""
         key = (name, version)
-        if key in self._recent:
-            self._recent.move_to_end(key)
-        else:
-            self._recent[key] = None
+        with self._write_lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+            else:
+                self._recent[key] = None
 
     def _evict(self) -> None:
         """Drop loaded versions that no alias serves, beyond the LRU budget."""
@@ -207,7 +223,7 @@ class ModelCache:
                 if alias in before.serving:
                     serving[alias] = before.serving[alias]
         with self._write_lock:
-            keep = set(serving.values()) | {v for (n, v) in self._recent if n == name}
+            keep = set(serving.values()) | {v for (n, v) in list(self._recent) if n == name}
             loaded = {v: s for v, s in loaded.items() if v in keep}
             errors = {v: e for v, e in errors.items() if v in versions or v in file_aliases.values()}
             self._models = {

@@ -90,3 +90,26 @@ def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, ver
     aliases = registry.set_alias(name, alias, version)
     cache.refresh(only=name)
     return aliases
+
+
+def put_spec(registry: Registry, name: str, body: bytes, content_type: str | None) -> tuple[bool, dict]:
+    """Parse a JSON or YAML spec, validate it (allow-list included), store it atomically."""
+    import orjson
+    import yaml
+
+    from service.errors import SpecError
+
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if not body:
+        raise SpecError("the body is empty: send the spec as JSON or YAML")
+    try:
+        raw = orjson.loads(body) if kind in ("application/json", "") else yaml.safe_load(body)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(
+            f"the spec is not valid {'JSON' if kind in ('application/json', '') else 'YAML'}: {exc}"[:500]
+        ) from None
+    if not isinstance(raw, dict):
+        raise SpecError("a model spec must be an object")
+    existed = registry.read_spec_raw(name) is not None
+    registry.write_spec(name, raw)
+    return not existed, raw

@@ -7,6 +7,7 @@ attached to the report. Teardown always terminates (then kills) the process.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ HOST = "127.0.0.1"
 CLI = Path(sys.executable).with_name("forecast-service")
 STARTUP_TIMEOUT = 60.0
 LOG_TAIL = 8000
+ACCESS_OK = re.compile(r'^INFO: +[\d.:]+ - "[A-Z]+ \S+ HTTP/[\d.]+" 2\d\d ')
 
 
 def free_port() -> int:
@@ -61,11 +63,12 @@ class ServerProcess:
         return self
 
     def log(self) -> str:
+        """The log's tail, without the access lines of successful requests."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return ""
-        return text[-LOG_TAIL:]
+        return "\n".join(line for line in lines if not ACCESS_OK.match(line))[-LOG_TAIL:]
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Poll /readyz until 200; fail with the log if the process dies or the deadline passes."""
@@ -103,6 +106,20 @@ class ServerProcess:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
 
+class ServerFactory:
+    """Starts servers inside a test (not yet ready); the fixture stops them all afterwards."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.servers: list[ServerProcess] = []
+
+    def __call__(self, registry: Path, *extra_args: str, port: int | None = None, **env: str) -> ServerProcess:
+        log_path = self.log_dir / f"server-{len(self.servers)}.log"
+        server = ServerProcess(registry, log_path, *extra_args, port=port, **env)
+        self.servers.append(server)
+        return server.start()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Attach the log of every server the test used to its failure report."""
@@ -111,8 +128,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not report.failed:
         return
     for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, ServerProcess):
-            report.sections.append((f"server log ({value.base_url})", value.log() or "(empty)"))
+        servers = value.servers if isinstance(value, ServerFactory) else [value]
+        for server in servers:
+            if isinstance(server, ServerProcess):
+                report.sections.append((f"server log ({server.base_url})", server.log() or "(empty)"))
 
 
 def running_server(registry: Path, log_path: Path, *extra_args: str, **env: str) -> Iterator[ServerProcess]:
@@ -123,6 +142,17 @@ def running_server(registry: Path, log_path: Path, *extra_args: str, **env: str)
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """``start_server(registry, *args)`` -> a started `ServerProcess`; all are stopped after the test."""
+    factory = ServerFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        for server in factory.servers:
+            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from service.client import Client, ForecastServiceError
+
 from .conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,12 @@ def test_predict_live_path_and_fh_match_the_json_endpoint(client: Client, live_s
     expected = json_predict(live_server, "airline", {"fh": [1, 6, 18], "coverage": [0.9]})
     assert_same_table(frame, expected["forecast"])
     assert frame["month"].tolist() == ["1961-01-01", "1961-06-01", "1962-06-01"]
+
+
+def test_numpy_arguments_are_sent_as_plain_json(client: Client) -> None:
+    frame = client.predict("airline", fh=np.array([1, 2]), coverage=np.array([0.8]), version=np.int64(1))
+    assert frame["month"].tolist() == ["1961-01-01", "1961-02-01"]
+    assert "passengers_lower_80" in frame.columns
 
 
 def test_timestamps_accept_pandas_periods(client: Client) -> None:

@@ -30,7 +30,7 @@ async def start_backtest(
     wait: Annotated[bool, Query(description="Block until the job finishes (bounded by `timeout`)")] = False,
     timeout: Annotated[float, Query(ge=0, le=600, description="Seconds to wait at most with ?wait=true")] = 30.0,
 ) -> Response:
-    served = runtime.cache.get(name, body.version, body.alias)
+    served = await runtime.served(name, body.version, body.alias)
     request = body.to_request(served.schema.keys)
     job = await runtime.run_blocking(submit_backtest, runtime.jobs, runtime.registry, served, request)
     runtime.runner.wake()

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Header, Path, Request
+from starlette.responses import Response
 
 from service.api.deps import CacheDep, RegistryDep, RuntimeDep
+from service.jobs.retrains import submit_retrain
 from service.registry import catalog
+from service.schemas.datasets import RetrainBody
+from service.schemas.jobs import JobOut
 from service.schemas.models import AliasResult, AliasUpdate, ModelDetail, ModelList
+from service.tables import encode_json
+
+PROBLEM = {"content": {"application/problem+json": {}}}
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -34,3 +41,59 @@ async def put_alias(
 ) -> AliasResult:
     aliases = await runtime.run_blocking(catalog.move_alias, runtime.registry, cache, name, alias, body.version)
     return AliasResult(model=name, alias=alias, version=body.version, aliases=aliases)
+
+
+SPEC_BODY = {
+    "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "application/yaml": {"schema": {"type": "string"}},
+    },
+    "required": True,
+}
+
+
+@router.put(
+    "/{name}",
+    summary="Create or replace a model spec (model.yaml), validated against the allow-list first",
+    openapi_extra={"requestBody": SPEC_BODY},
+    responses={201: {"description": "Created"}, 413: PROBLEM, 422: PROBLEM},
+)
+async def put_model(name: ModelName, request: Request, runtime: RuntimeDep) -> Response:
+    body = await request.body()
+    created, spec = await runtime.run_blocking(
+        catalog.put_spec, runtime.registry, name, body, request.headers.get("content-type")
+    )
+    await runtime.run_blocking(runtime.cache.refresh, name)
+    return Response(
+        encode_json({"name": name, "spec": spec}), status_code=201 if created else 200, media_type="application/json"
+    )
+
+
+@router.post(
+    "/{name}/retrain",
+    status_code=202,
+    response_model=JobOut,
+    summary="Start a retrain job; the same Idempotency-Key returns the same job",
+    responses={
+        200: {"description": "An existing job (same key, or a retrain already queued/running)"},
+        404: PROBLEM,
+        422: PROBLEM,
+    },
+)
+async def retrain(
+    name: ModelName,
+    runtime: RuntimeDep,
+    body: RetrainBody | None = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    payload = body.model_dump(exclude_none=True) if body is not None else {}
+    job, created = await runtime.run_blocking(
+        submit_retrain, runtime.jobs, runtime.registry, name, payload, idempotency_key
+    )
+    runtime.runner.wake()
+    return Response(
+        encode_json(job.public()),
+        status_code=202 if created else 200,
+        media_type="application/json",
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )

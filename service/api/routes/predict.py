@@ -40,7 +40,7 @@ def negotiate(accept: str | None) -> str:
 async def predict(
     name: Annotated[str, Path(examples=["airline"])], body: PredictRequest, request: Request, runtime: RuntimeDep
 ) -> Response:
-    served = runtime.cache.get(name, body.version, body.alias)
+    served = await runtime.served(name, body.version, body.alias)
     media = negotiate(request.headers.get("accept"))
     query = body.to_query(served.schema.keys)
     cache_key = query.cache_key()
@@ -95,7 +95,7 @@ async def forecast_png(
     version: Annotated[int | None, Query(ge=1)] = None,
     alias: str | None = None,
 ) -> Response:
-    served = runtime.cache.get(name, version, alias)
+    served = await runtime.served(name, version, alias)
     keys = served.schema.keys
     chosen = tuple(normalize_series(s.split("/"), keys) for s in series) if series else None
     query = PredictQuery(horizon=horizon, series=chosen, coverage=(coverage,) if coverage else ())

@@ -1,0 +1,158 @@
+"""Versioned datasets: every upload or append is a new immutable Parquet version named by
+the content hash of its canonical table.
+
+Layout under the data folder::
+
+    datasets/<name>/dataset.json          roles (keys, time, targets, exogenous, freq) and versions
+    datasets/<name>/versions/<hash>.parquet
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from filelock import FileLock
+
+from service.errors import InvalidInput, NotFound
+from service.registry.store import atomic_write, validate_name
+from service.tables import Schema, canonical_table, fingerprint, format_time, read_parquet, write_parquet
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which columns of a dataset play which role."""
+
+    keys: tuple[str, ...]
+    time: str
+    targets: tuple[str, ...]
+    exogenous: tuple[str, ...] = ()
+    freq: str | None = None
+
+    def schema(self) -> Schema:
+        kind = "panel" if self.keys else "single"
+        return Schema(kind, self.keys, self.time, self.targets, self.exogenous, self.freq)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keys": list(self.keys),
+            "time": self.time,
+            "targets": list(self.targets),
+            "exogenous": list(self.exogenous),
+            "freq": self.freq,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Roles:
+        if not raw.get("time") or not raw.get("targets"):
+            raise InvalidInput("dataset roles need 'time' and at least one 'targets' column", field="roles")
+        freq = raw.get("freq")
+        if freq is not None:
+            try:
+                freq = pd.PeriodIndex([], freq=freq).freqstr
+            except (TypeError, ValueError, AttributeError):
+                raise InvalidInput(f"'{freq}' is not a pandas period frequency", field="freq") from None
+        return cls(
+            keys=tuple(raw.get("keys") or ()),
+            time=str(raw["time"]),
+            targets=tuple(raw["targets"]),
+            exogenous=tuple(raw.get("exogenous") or ()),
+            freq=freq,
+        )
+
+
+class DatasetStore:
+    def __init__(self, data_dir: Path | str) -> None:
+        self.root = Path(data_dir).resolve() / "datasets"
+
+    def _dir(self, name: str) -> Path:
+        return self.root / validate_name(name, "dataset")
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        directory = self._dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / ".lock")):
+            yield
+
+    # ------------------------------------------------------------------ read
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "dataset.json").is_file())
+
+    def describe(self, name: str) -> dict[str, Any]:
+        path = self._dir(name) / "dataset.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"no dataset named '{name}'", dataset=name) from None
+
+    def roles(self, name: str) -> Roles:
+        return Roles.from_dict(self.describe(name)["roles"])
+
+    def read(self, name: str, version: str | None = None) -> tuple[pd.DataFrame, str, Roles]:
+        """A version's canonical table (default: the latest)."""
+        doc = self.describe(name)
+        version = version or doc["latest"]
+        if version not in {v["version"] for v in doc["versions"]}:
+            raise NotFound(f"dataset '{name}' has no version {version!r}", dataset=name, version=version)
+        roles = Roles.from_dict(doc["roles"])
+        table = read_parquet(self._dir(name) / "versions" / f"{version}.parquet", roles.schema())
+        return table, version, roles
+
+    # ------------------------------------------------------------------ write
+    def put(self, name: str, frame: pd.DataFrame, roles: Roles) -> dict[str, Any]:
+        """Validate a whole table and store it as a new version (same content, same version)."""
+        table = canonical_table(frame, roles.schema(), what=f"dataset '{name}'")
+        with self._lock(name):
+            return self._store(name, table, roles)
+
+    def append(self, name: str, frame: pd.DataFrame) -> dict[str, Any]:
+        """Upsert rows by key+time into the latest version; the result is a new version."""
+        with self._lock(name):
+            current, _, roles = self.read(name)
+            new = canonical_table(frame, roles.schema(), what=f"observations for '{name}'", contiguous=False)
+            key = [*roles.keys, roles.time]
+            merged = pd.concat([current, new], ignore_index=True).drop_duplicates(subset=key, keep="last")
+            table = canonical_table(merged, roles.schema(), what=f"dataset '{name}' after the append")
+            return self._store(name, table, roles)
+
+    def _store(self, name: str, table: pd.DataFrame, roles: Roles) -> dict[str, Any]:
+        schema = roles.schema()
+        version = fingerprint(table, schema)[:16]
+        directory = self._dir(name)
+        (directory / "versions").mkdir(parents=True, exist_ok=True)
+        path = directory / "versions" / f"{version}.parquet"
+        if not path.exists():
+            buffer = io.BytesIO()
+            write_parquet(table, schema, buffer)  # type: ignore[arg-type]
+            atomic_write(path, buffer.getvalue())
+        try:
+            doc = self.describe(name)
+        except NotFound:
+            doc = {"name": name, "roles": roles.to_dict(), "versions": []}
+        if doc["roles"] != roles.to_dict():
+            doc["roles"] = roles.to_dict()
+        times = table[roles.time]
+        entry = {
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "rows": len(table),
+            "series": int(table[list(roles.keys)].drop_duplicates().shape[0]) if roles.keys else 1,
+            "start": format_time(times.min()),
+            "end": format_time(times.max()),
+            "columns": list(table.columns),
+        }
+        if version not in {v["version"] for v in doc["versions"]}:
+            doc["versions"].append(entry)
+        doc["latest"] = version
+        atomic_write(directory / "dataset.json", json.dumps(doc, indent=2).encode())
+        return {**entry, "name": name, "roles": roles.to_dict()}

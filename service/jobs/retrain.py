@@ -1,0 +1,180 @@
+"""Retraining: snapshot data -> fit a clone of the spec's forecaster -> backtest candidate
+and production on the same recent window -> publish -> promote only if the gate allows."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from service.datasets.sources import read_source
+from service.datasets.store import DatasetStore, Roles
+from service.errors import InvalidInput, ServiceError
+from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.training import schema_of
+from service.registry.store import PublishRequest, Registry
+from service.tables import canonical_table, to_sktime
+
+Progress = Callable[[str, int, int | None], None]
+Promote = Literal["auto", "always", "never"]
+
+
+@dataclass(frozen=True)
+class RetrainParams:
+    dataset_version: str | None = None
+    promote: Promote | None = None  # default: the spec's promotion policy
+    gate_metric: str | None = None
+    gate_tolerance: float | None = None
+    gate_folds: int = 1
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RetrainParams:
+        gate = raw.get("gate") or {}
+        return cls(
+            dataset_version=raw.get("dataset_version"),
+            promote=raw.get("promote"),
+            gate_metric=gate.get("metric"),
+            gate_tolerance=gate.get("tolerance"),
+            gate_folds=int(gate.get("folds") or 1),
+        )
+
+
+def check_gate_metric(metric: str) -> str:
+    if metric not in POINT_METRICS:
+        raise InvalidInput(f"gate metric {metric!r} is not one of {list(POINT_METRICS)}", field="gate.metric")
+    return metric
+
+
+def decide(policy: Promote, candidate: float | None, production: float | None, tolerance: float) -> tuple[bool, str]:
+    """Lower is better for every gate metric; 'at least as good' within the tolerance."""
+    if policy == "always":
+        return True, "promote=always"
+    if policy == "never":
+        return False, "promote=never: published without moving production"
+    if production is None:
+        return True, "no production version to compare with"
+    if candidate is None:
+        return False, "the candidate's gate metric could not be computed"
+    bound = production * (1 + tolerance) if production >= 0 else production * (1 - tolerance)
+    if candidate <= bound:
+        return True, f"candidate {candidate:.6g} <= production {production:.6g} (tolerance {tolerance:g})"
+    return False, f"candidate {candidate:.6g} is worse than production {production:.6g} (tolerance {tolerance:g})"
+
+
+def retrain(
+    registry: Registry,
+    datasets: DatasetStore,
+    name: str,
+    params: RetrainParams,
+    *,
+    job_id: str | None = None,
+    sql_url: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    say = progress or (lambda stage, done, total: None)
+    spec = registry.read_spec(name)
+    if spec is None:
+        raise InvalidInput(f"model '{name}' has no spec to retrain from", model=name)
+    schema = schema_of(spec)
+    policy: Promote = params.promote or spec.promotion.policy
+    metric = check_gate_metric(params.gate_metric or spec.promotion.metric)
+    tolerance = spec.promotion.tolerance if params.gate_tolerance is None else params.gate_tolerance
+
+    say("loading data", 0, None)
+    raw, version_read = read_source(
+        spec.data.source,
+        base_dir=registry.model_dir(name),
+        datasets=datasets,
+        sql_url=sql_url,
+        dataset_version=params.dataset_version,
+    )
+    if version_read is None:  # a declared source: snapshot it as a dataset version
+        roles = Roles(schema.keys, schema.time, schema.targets, schema.exogenous, schema.freq)
+        snapshot = datasets.put(f"{name}.source", raw, roles)
+        data_ref = {"dataset": f"{name}.source", "version": snapshot["version"]}
+    else:
+        data_ref = {"dataset": spec.data.source["dataset"], "version": version_read}
+    table = canonical_table(raw, schema, what="training data")
+    y, x = to_sktime(table, schema)
+    n_series = len(y.index.droplevel(-1).unique()) if y.index.nlevels > 1 else 1
+
+    say("fitting", 0, n_series)
+    candidate = spec.build_forecaster()
+    if y.index.nlevels > 1:
+        # local models per series run on all cores (sktime's best backend on 2 cores)
+        candidate.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
+    unfitted = candidate.clone()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            candidate.fit(y, X=x, fh=list(range(1, spec.horizon + 1)))
+        except Exception as exc:
+            raise InvalidInput(f"fitting failed: {type(exc).__name__}: {exc}"[:1000]) from exc
+    fit_seconds = time.perf_counter() - started
+    say("fitting", n_series, n_series)
+
+    window = BacktestRequest(SplitterSpec("folds", horizon=spec.horizon, folds=params.gate_folds), "refit", (metric,))
+    production_version = registry.read_aliases(name).get("production")
+    scores: dict[str, Any] = {"metric": metric, "candidate": None, "production": None}
+    say("comparing", 0, 2 if production_version else 1)
+    try:
+        candidate_result, _ = run_backtest(unfitted, y, x, window, schema)
+        scores["candidate"] = candidate_result["aggregate"][metric]
+    except (ServiceError, ValueError) as exc:
+        scores["candidate_error"] = str(exc)[:500]
+    if production_version is not None:
+        try:
+            production = registry.load(name, production_version).forecaster
+            production_result, _ = run_backtest(production, y, x, window, schema)
+            scores["production"] = production_result["aggregate"][metric]
+        except ServiceError as exc:
+            scores["production_error"] = exc.detail[:500]
+        except Exception as exc:  # a production spec that no longer fits this data
+            scores["production_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        say("comparing", 2, 2)
+
+    say("publishing", 0, 1)
+    version = registry.publish(
+        name,
+        candidate,
+        PublishRequest(
+            training=table,
+            schema=schema,
+            horizon=spec.horizon,
+            coverage=spec.coverage,
+            quantiles=spec.quantiles,
+            spec=registry.read_spec_raw(name),
+            source=spec.data.source,
+            dataset_version=f"{data_ref['dataset']}@{data_ref['version']}",
+            job_id=job_id,
+            fit_seconds=round(fit_seconds, 4),
+            metrics={"gate": scores, "headline": {metric: scores["candidate"]}},
+        ),
+    )
+    promote, reason = decide(policy, scores["candidate"], scores["production"], tolerance)
+    if (
+        production_version is not None
+        and scores["production"] is None
+        and policy == "auto"
+        and "production_error" in scores
+    ):
+        promote, reason = True, f"production could not be backtested ({scores['production_error']}); candidate promoted"
+    if promote:
+        registry.set_alias(name, "production", version)
+    say("publishing", 1, 1)
+    return {
+        "model": name,
+        "version": version,
+        "data": data_ref,
+        "gate": {"policy": policy, "metric": metric, "tolerance": tolerance, "window_folds": params.gate_folds},
+        "metrics": {"candidate": scores["candidate"], "production": scores["production"]},
+        "production_version_before": production_version,
+        "promoted": promote,
+        "decision": "promoted" if promote else "not promoted",
+        "reason": reason,
+        "fit_seconds": fit_seconds,
+        "series": n_series,
+    }

@@ -299,6 +299,115 @@ def backtest(
     console.print(table)
 
 
+jobs_app = typer.Typer(help="Jobs in the job store (backtests, retrains).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _job_store(registry: Path | None) -> Any:
+    from service.jobs.store import JobStore
+
+    return JobStore(_settings(registry).resolved_jobs_url)
+
+
+def _follow(store: Any, job_id: str, runner: Any = None, timeout: float = 3600.0) -> Any:
+    """A progress bar until the job finishes; with ``runner``, this process runs it."""
+    job = store.get(job_id)
+    deadline = time.monotonic() + timeout
+    with _progress() as progress:
+        task = progress.add_task(f"{job.kind} {job.model}", total=job.total)
+        while not job.finished and time.monotonic() < deadline:
+            if runner is not None:
+                runner.tick()
+            time.sleep(0.3)
+            job = store.get(job_id)
+            progress.update(
+                task, description=f"{job.kind} {job.model}: {job.stage}", completed=job.done, total=job.total
+            )
+    return job
+
+
+def _print_job(job: Any) -> None:
+    console.print_json(json.dumps(job.public(), default=str))
+
+
+@app.command()
+def retrain(
+    name: str,
+    registry: RegistryOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Run it here and wait, with a progress bar")] = False,
+    promote: Annotated[str | None, typer.Option(help="auto | always | never (default: the spec's policy)")] = None,
+    dataset_version: Annotated[str | None, typer.Option(help="Dataset version (default: latest)")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same job")] = None,
+) -> None:
+    """Queue a retrain in the job store (a running server picks it up), or run it with --wait."""
+    from service.jobs.retrains import submit_retrain
+    from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
+    from service.jobs.store import process_owner
+
+    settings = _settings(registry)
+    reg = _registry(registry)
+    store = _job_store(registry)
+    body = {k: v for k, v in {"promote": promote, "dataset_version": dataset_version}.items() if v is not None}
+    try:
+        job, created = submit_retrain(store, reg, name, body, idempotency_key)
+    except ServiceError as exc:
+        _fail(exc)
+    err_console.print(f"{'queued' if created else 'existing'} retrain job {job.id} ({job.status})")
+    if not wait:
+        _print_job(job)
+        return
+    context = WorkerContext(
+        jobs_url=settings.resolved_jobs_url,
+        registry=str(reg.root),
+        data_dir=str(settings.data_dir.resolve()),
+        owner=process_owner(),
+        sql_url=settings.sql_url,
+    )
+    runner = JobRunner(store, LocalProcessExecutor(), context, max_concurrent=1, stale_after=settings.job_stale_seconds)
+    job = _follow(store, job.id, runner)
+    _print_job(job)
+    if job.status != "succeeded":
+        raise typer.Exit(code=1)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    registry: RegistryOption = None,
+    model: Annotated[str | None, typer.Option(help="Only this model")] = None,
+    kind: Annotated[str | None, typer.Option(help="backtest | retrain")] = None,
+    status: Annotated[str | None, typer.Option(help="queued | running | succeeded | failed | cancelled")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
+) -> None:
+    """Jobs, newest first."""
+    table = Table("id", "kind", "model", "status", "progress", "created", "error")
+    for job in _job_store(registry).list(model, kind, status, limit):
+        table.add_row(
+            job.id,
+            job.kind,
+            job.model,
+            job.status,
+            f"{job.stage} {job.done}/{job.total or '?'}",
+            job.created_at or "",
+            (job.error or "")[:40],
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str,
+    registry: RegistryOption = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Show a progress bar until it finishes")] = False,
+) -> None:
+    """One job with progress and result (JSON)."""
+    store = _job_store(registry)
+    try:
+        job = _follow(store, job_id) if follow else store.get(job_id)
+    except ServiceError as exc:
+        _fail(exc)
+    _print_job(job)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_fmt(v) for v in value)

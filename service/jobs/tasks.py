@@ -6,7 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.datasets.store import DatasetStore
 from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
+from service.jobs.backtests import backtest_data
 from service.jobs.runner import WorkerContext
 from service.jobs.store import Job
 from service.registry.store import Registry
@@ -36,7 +38,15 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
     progress("loading", 0, None)
     loaded = registry.load(job.model, version)
     schema = Schema.from_dict(loaded.manifest["schema"])
-    training = registry.read_training(job.model, version, loaded.manifest)
+    training, data_ref = backtest_data(
+        registry,
+        DatasetStore(context.data_dir),
+        job.model,
+        version,
+        loaded.manifest,
+        job.params.get("dataset"),
+        job.params.get("dataset_version"),
+    )
     y, x = to_sktime(training, schema)
     request = backtest_request(job.params)
     result, predictions = run_backtest(
@@ -49,14 +59,13 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
     return {
         "model": job.model,
         "version": version,
-        "data": "training table of the version",
+        "data": data_ref,
         "schema": schema.to_dict(),
         **result,
     }
 
 
 def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
-    from service.datasets.store import DatasetStore
     from service.jobs.retrain import RetrainParams, retrain
 
     return retrain(

@@ -52,6 +52,10 @@ class BacktestBody(BaseModel):
     coverage: list[StrictFloat] = Field(default_factory=list)
     quantiles: list[StrictFloat] = Field(default_factory=list)
     series: list[SeriesKey] | None = Field(default=None, description="Report per-series metrics for these only")
+    dataset: StrictStr | None = Field(
+        default=None, description="Backtest on this uploaded dataset instead of the version's training table"
+    )
+    dataset_version: StrictStr | None = Field(default=None, description="A version of `dataset` (default: latest)")
 
     @field_validator("coverage", "quantiles")
     @classmethod

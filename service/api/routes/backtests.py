@@ -32,7 +32,16 @@ async def start_backtest(
 ) -> Response:
     served = await runtime.served(name, body.version, body.alias)
     request = body.to_request(served.schema.keys)
-    job = await runtime.run_blocking(submit_backtest, runtime.jobs, runtime.registry, served, request)
+    job = await runtime.run_blocking(
+        submit_backtest,
+        runtime.jobs,
+        runtime.registry,
+        runtime.datasets,
+        served,
+        request,
+        body.dataset,
+        body.dataset_version,
+    )
     runtime.runner.wake()
     if wait:
         deadline = time.monotonic() + min(timeout, runtime.settings.max_wait_seconds)

@@ -44,7 +44,8 @@ def _registry(registry: Path | None) -> Any:
     from service.registry.store import Registry
 
     quiet_sktime_warnings()
-    return Registry(_settings(registry).registry)
+    settings = _settings(registry)
+    return Registry(settings.registry, signing_key=settings.signing_key_bytes)
 
 
 def _fail(exc: ServiceError) -> None:
@@ -92,14 +93,27 @@ def serve(
         bool, typer.Option("--train-missing", help="First train every model that has a spec but no version")
     ] = False,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Serve without API keys on a non-loopback address (never in production)")
+    ] = False,
 ) -> None:
     """Serve the registry over HTTP (uvicorn)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
 
-    settings = _settings(registry, host=host, port=port)
+    try:
+        settings = _settings(registry, host=host, port=port, insecure=insecure or None)
+    except ValidationError as exc:
+        err_console.print(f"[red]error:[/red] {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+        raise typer.Exit(code=2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.insecure and settings.api_keys is None and settings.api_keys_file is None:
+        logging.getLogger("service").warning(
+            "INSECURE: serving on %s without API keys: anyone who can reach it can publish, retrain and read",
+            settings.host,
+        )
     _check_port_free(settings.host, settings.port)
     if train_missing or settings.train_missing:
         reg = _registry(settings.registry)
@@ -117,7 +131,13 @@ def serve(
         err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers)
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        )
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -358,7 +378,7 @@ def retrain(
         return
     context = WorkerContext(
         jobs_url=settings.resolved_jobs_url,
-        registry=str(reg.root),
+        registry_path=str(reg.root),
         data_dir=str(settings.data_dir.resolve()),
         owner=process_owner(),
         sql_url=settings.sql_url,

@@ -68,6 +68,14 @@ class LimitExceeded(InvalidInput):
     title = "Limit exceeded"
 
 
+class Unauthorized(ServiceError):
+    title = "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    title = "Forbidden"
+
+
 class PayloadTooLarge(ServiceError):
     title = "Payload too large"
 

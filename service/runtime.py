@@ -15,6 +15,7 @@ from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
 from service.jobs.store import JobStore, process_owner
 from service.registry.cache import ModelCache
 from service.registry.store import Registry
+from service.security import KeyRing
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -52,18 +53,20 @@ class Runtime:
     jobs: JobStore
     runner: JobRunner
     datasets: DatasetStore
+    keys: KeyRing
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        registry = Registry(settings.registry)
+        registry = Registry(settings.registry, signing_key=settings.signing_key_bytes)
         jobs = JobStore(settings.resolved_jobs_url)
         context = WorkerContext(
             jobs_url=settings.resolved_jobs_url,
-            registry=str(registry.root),
+            registry_path=str(registry.root),
             data_dir=str(settings.data_dir.resolve()),
             owner=process_owner(),
             sql_url=settings.sql_url,
+            signing_key=settings.signing_key.get_secret_value() if settings.signing_key else None,
         )
         return cls(
             settings=settings,
@@ -80,6 +83,9 @@ class Runtime:
                 stale_after=settings.job_stale_seconds,
             ),
             datasets=DatasetStore(settings.data_dir),
+            keys=KeyRing.load(
+                settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
+            ),
         )
 
     def __post_init__(self) -> None:

@@ -6,9 +6,10 @@ in the README's settings table.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +60,43 @@ class Settings(BaseSettings):
     )
     scheduler: bool = Field(default=True, description="Run the retrain scheduler in this process")
 
+    api_keys: SecretStr | None = Field(
+        default=None, description="API keys: 'read:KEY,admin:KEY' (keys of 16+ characters); none = open on loopback"
+    )
+    api_keys_file: Path | None = Field(default=None, description="A secrets file of 'role:KEY' lines (same format)")
+    insecure: bool = Field(
+        default=False, description="Allow serving without keys on a non-loopback address (never in production)"
+    )
+    signing_key: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key: manifests are signed on publish and checked on load"
+    )
+    metrics_public: bool = Field(default=True, description="/metrics without a key (false: needs a read key)")
+    shutdown_timeout: float = Field(
+        default=20.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM"
+    )
+
+    @model_validator(mode="after")
+    def _no_open_server_off_loopback(self) -> Settings:
+        if self.api_keys is None and self.api_keys_file is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on {self.host} without API keys: set FORECAST_API_KEYS='admin:<key>,read:<key>' "
+                "or FORECAST_API_KEYS_FILE, or bind 127.0.0.1; --insecure overrides (never in production)"
+            )
+        return self
+
+    @property
+    def signing_key_bytes(self) -> bytes | None:
+        return self.signing_key.get_secret_value().encode() if self.signing_key is not None else None
+
     @property
     def resolved_jobs_url(self) -> str:
         return self.jobs_url or f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from service.jobs.store import JobStore
 from service.registry.cache import ModelCache
@@ -38,3 +38,17 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 CacheDep = Annotated[ModelCache, Depends(get_cache)]
+
+
+def require_read(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """Reads (predict, list, backtest) need a read or admin key."""
+    return request.app.state.runtime.keys.authorize(authorization, "read")
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """Writes (datasets, specs, aliases, retrain, cancel) need an admin key."""
+    return request.app.state.runtime.keys.authorize(authorization, "admin")
+
+
+ReadAccess = Depends(require_read)
+AdminAccess = Depends(require_admin)

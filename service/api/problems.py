@@ -19,6 +19,8 @@ PROBLEM_JSON = "application/problem+json"
 
 # most specific first: the first matching class wins
 STATUS_BY_ERROR: list[tuple[type[errors.ServiceError], int]] = [
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.PayloadTooLarge, 413),
     (errors.InvalidInput, 422),
@@ -54,6 +56,8 @@ async def _service_error(_: Request, exc: Exception) -> Response:
         log.error("%s: %s", exc.title, exc.detail)
     retry_after = exc.extra.get("retry_after")
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="forecast-service"'}
     return problem(status, exc.title, exc.detail, headers=headers, **exc.extra)
 
 

@@ -29,10 +29,16 @@ class WorkerContext:
     """What a worker process needs; picklable."""
 
     jobs_url: str
-    registry: str
+    registry_path: str
     data_dir: str
     owner: str
     sql_url: str | None = None
+    signing_key: str | None = None
+
+    def registry(self) -> Any:
+        from service.registry.store import Registry
+
+        return Registry(self.registry_path, signing_key=self.signing_key.encode() if self.signing_key else None)
 
 
 class JobHandle(Protocol):

@@ -11,7 +11,6 @@ from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_back
 from service.jobs.backtests import backtest_data
 from service.jobs.runner import WorkerContext
 from service.jobs.store import Job
-from service.registry.store import Registry
 from service.tables import Schema, to_sktime, write_parquet
 
 Progress = Callable[[str, int, int | None], None]
@@ -33,7 +32,7 @@ def backtest_request(params: dict[str, Any]) -> BacktestRequest:
 
 
 def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
-    registry = Registry(context.registry)
+    registry = context.registry()
     version = int(job.params["version"])
     progress("loading", 0, None)
     loaded = registry.load(job.model, version)
@@ -69,7 +68,7 @@ def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dic
     from service.jobs.retrain import RetrainParams, retrain
 
     return retrain(
-        Registry(context.registry),
+        context.registry(),
         DatasetStore(context.data_dir),
         job.model,
         RetrainParams.from_dict(job.params),

@@ -20,6 +20,7 @@ import copy
 import errno
 import fcntl
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -157,8 +158,9 @@ class LoadedArtifact:
 class Registry:
     """One registry folder. Safe for several threads and processes at once."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, signing_key: bytes | None = None) -> None:
         self.root = Path(root).resolve()
+        self.signing_key = signing_key
 
     # ------------------------------------------------------------------ paths
     def model_dir(self, name: str) -> Path:
@@ -245,6 +247,19 @@ class Registry:
             raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise VersionLoadError(f"manifest of {name} v{version} is not valid JSON: {exc}") from None
+
+    def verified_manifest(self, name: str, version: int) -> dict[str, Any]:
+        """The manifest, its HMAC checked when a signing key is set (unsigned: refused)."""
+        manifest = self.read_manifest(name, version)
+        if self.signing_key is None:
+            return manifest
+        signature = manifest.get("signature") or {}
+        if not signature.get("value"):
+            raise IntegrityError(f"{name} v{version} is not signed and a signing key is set; refused")
+        expected = sign_manifest(manifest, self.signing_key)
+        if signature.get("alg") != "HMAC-SHA256" or not hmac.compare_digest(expected, str(signature["value"])):
+            raise IntegrityError(f"{name} v{version}: manifest signature (HMAC) does not match; refused")
+        return manifest
 
     # ------------------------------------------------------------------ aliases
     def read_aliases(self, name: str) -> dict[str, int]:
@@ -372,6 +387,8 @@ class Registry:
             with self._model_lock(name):
                 version = max([0, *self.list_versions(name), *self._reserved_numbers(versions_dir)]) + 1
                 manifest["version"] = version
+                if self.signing_key is not None:
+                    manifest["signature"] = {"alg": "HMAC-SHA256", "value": sign_manifest(manifest, self.signing_key)}
                 _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
                 (staging / ".owner").unlink()
                 _fsync_dir(staging)
@@ -424,8 +441,9 @@ class Registry:
         return data
 
     def load(self, name: str, version: int) -> LoadedArtifact:
-        """Read the artifact bytes once, check size and sha256, then unpickle those bytes."""
-        manifest = self.read_manifest(name, version)
+        """Check the manifest's HMAC (with a signing key), read the artifact bytes once,
+        check size and sha256, then unpickle those same bytes."""
+        manifest = self.verified_manifest(name, version)
         data = self._read_verified(name, version, ARTIFACT, manifest)
         check_libraries(manifest)
         try:
@@ -437,7 +455,7 @@ class Registry:
         return LoadedArtifact(forecaster=forecaster, manifest=manifest)
 
     def read_training(self, name: str, version: int, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        manifest = manifest or self.read_manifest(name, version)
+        manifest = manifest or self.verified_manifest(name, version)
         data = self._read_verified(name, version, TRAINING, manifest)
         return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
 
@@ -446,6 +464,14 @@ class Registry:
             return None
         data = self._read_verified(name, version, FORECAST, manifest)
         return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
+
+
+def sign_manifest(manifest: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 over the canonical JSON of the manifest without its signature
+    (it includes every file's sha256, the artifact's among them)."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def _parquet_bytes(table: pd.DataFrame, schema: Schema) -> bytes:

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from service.api.deps import RuntimeDep
+from service.api.deps import ReadAccess, RuntimeDep
 from service.jobs.backtests import submit_backtest
 from service.schemas.jobs import BacktestBody, JobOut
 from service.tables import encode_json
 
-router = APIRouter(prefix="/v1/models", tags=["backtests"])
+router = APIRouter(prefix="/v1/models", tags=["backtests"], dependencies=[ReadAccess])
 PROBLEM = {"content": {"application/problem+json": {}}}
 
 

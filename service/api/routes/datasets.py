@@ -4,11 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from service.api.deps import RuntimeDep
+from service.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from service.datasets import uploads
 from service.schemas.datasets import DatasetInfo, DatasetList
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[ReadAccess])
 PROBLEM = {"content": {"application/problem+json": {}}}
 TABLE_BODY = {
     "content": {
@@ -28,7 +28,8 @@ def _csv(value: str | None) -> list[str] | None:
 @router.put(
     "/{name}",
     response_model=DatasetInfo,
-    summary="Upload a whole table: a new immutable version (CSV, JSON table or Parquet)",
+    summary="Upload a whole table: a new immutable version (CSV, JSON table or Parquet) (admin)",
+    dependencies=[AdminAccess],
     openapi_extra={"requestBody": TABLE_BODY},
     responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM},
 )
@@ -54,7 +55,8 @@ async def put_dataset(
 @router.post(
     "/{name}/observations",
     response_model=DatasetInfo,
-    summary="Append rows (same key+time replaces): a new version",
+    summary="Append rows (same key+time replaces): a new version (admin)",
+    dependencies=[AdminAccess],
     openapi_extra={"requestBody": TABLE_BODY},
     responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM},
 )

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from service.api.deps import JobsDep, RuntimeDep
+from service.api.deps import AdminAccess, JobsDep, ReadAccess, RuntimeDep
 from service.forecasting import plots
 from service.schemas.jobs import JobList, JobOut
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[ReadAccess])
 PROBLEM = {"content": {"application/problem+json": {}}}
 
 
@@ -35,7 +35,8 @@ async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    summary="Cancel a queued or running job",
+    summary="Cancel a queued or running job (admin)",
+    dependencies=[AdminAccess],
     responses={404: PROBLEM, 409: PROBLEM},
 )
 async def cancel_job(job_id: str, runtime: RuntimeDep) -> JobOut:

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request
 from starlette.responses import Response
 
-from service.api.deps import CacheDep, RegistryDep, RuntimeDep
+from service.api.deps import AdminAccess, CacheDep, ReadAccess, RegistryDep, RuntimeDep
 from service.jobs.retrains import submit_retrain
 from service.registry import catalog
 from service.schemas.datasets import RetrainBody
@@ -15,7 +15,7 @@ from service.tables import encode_json
 
 PROBLEM = {"content": {"application/problem+json": {}}}
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[ReadAccess])
 
 ModelName = Annotated[str, Path(description="Model name", examples=["airline"])]
 
@@ -35,7 +35,12 @@ async def get_version(name: ModelName, version: Annotated[int, Path(ge=1)], regi
     return registry.read_manifest(name, version)
 
 
-@router.put("/{name}/aliases/{alias}", response_model=AliasResult, summary="Point an alias at a version")
+@router.put(
+    "/{name}/aliases/{alias}",
+    response_model=AliasResult,
+    summary="Point an alias at a version (admin)",
+    dependencies=[AdminAccess],
+)
 async def put_alias(
     name: ModelName, alias: str, body: AliasUpdate, runtime: RuntimeDep, cache: CacheDep
 ) -> AliasResult:
@@ -54,7 +59,8 @@ SPEC_BODY = {
 
 @router.put(
     "/{name}",
-    summary="Create or replace a model spec (model.yaml), validated against the allow-list first",
+    summary="Create or replace a model spec (model.yaml), validated against the allow-list first (admin)",
+    dependencies=[AdminAccess],
     openapi_extra={"requestBody": SPEC_BODY},
     responses={201: {"description": "Created"}, 413: PROBLEM, 422: PROBLEM},
 )
@@ -73,7 +79,8 @@ async def put_model(name: ModelName, request: Request, runtime: RuntimeDep) -> R
     "/{name}/retrain",
     status_code=202,
     response_model=JobOut,
-    summary="Start a retrain job; the same Idempotency-Key returns the same job",
+    summary="Start a retrain job; the same Idempotency-Key returns the same job (admin)",
+    dependencies=[AdminAccess],
     responses={
         200: {"description": "An existing job (same key, or a retrain already queued/running)"},
         404: PROBLEM,

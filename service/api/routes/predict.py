@@ -5,13 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from service.api.deps import RuntimeDep
+from service.api.deps import ReadAccess, RuntimeDep
 from service.forecasting import plots
 from service.forecasting.served import PredictQuery
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series
 from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
-router = APIRouter(prefix="/v1/models", tags=["predict"])
+router = APIRouter(prefix="/v1/models", tags=["predict"], dependencies=[ReadAccess])
 
 JSON, CSV, ARROW = "application/json", "text/csv", "application/vnd.apache.arrow.stream"
 PROBLEM = {"content": {"application/problem+json": {}}}

@@ -15,6 +15,7 @@ from service.api import problems
 from service.api.limits import BodySizeLimit
 from service.api.routes import backtests, datasets, health, jobs, models, predict
 from service.jobs.scheduler import run_scheduler
+from service.observability import RequestObserver
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)

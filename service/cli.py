@@ -102,13 +102,14 @@ def serve(
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.observability import configure_logging
 
     try:
         settings = _settings(registry, host=host, port=port, insecure=insecure or None)
     except ValidationError as exc:
         err_console.print(f"[red]error:[/red] {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
         raise typer.Exit(code=2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, json_lines=settings.log_json)
     if settings.insecure and settings.api_keys is None and settings.api_keys_file is None:
         logging.getLogger("service").warning(
             "INSECURE: serving on %s without API keys: anyone who can reach it can publish, retrain and read",
@@ -136,6 +137,8 @@ def serve(
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,
+            access_log=False,
             timeout_graceful_shutdown=int(settings.shutdown_timeout),
         )
 

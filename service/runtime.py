@@ -6,6 +6,7 @@ import asyncio
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from service.datasets.store import DatasetStore
@@ -13,6 +14,7 @@ from service.errors import NotReady
 from service.forecasting.served import Limits
 from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
 from service.jobs.store import JobStore, process_owner
+from service.observability import Metrics
 from service.registry.cache import ModelCache
 from service.registry.store import Registry
 from service.security import KeyRing
@@ -54,11 +56,13 @@ class Runtime:
     runner: JobRunner
     datasets: DatasetStore
     keys: KeyRing
+    metrics: Metrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         registry = Registry(settings.registry, signing_key=settings.signing_key_bytes)
+        metrics = Metrics()
         jobs = JobStore(settings.resolved_jobs_url)
         context = WorkerContext(
             jobs_url=settings.resolved_jobs_url,
@@ -71,7 +75,7 @@ class Runtime:
         return cls(
             settings=settings,
             registry=registry,
-            cache=ModelCache(registry, extra_versions=settings.version_cache_size),
+            cache=ModelCache(registry, extra_versions=settings.version_cache_size, on_load=metrics.model_loaded),
             responses=ResponseCache(settings.response_cache_size),
             executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
             jobs=jobs,
@@ -86,14 +90,19 @@ class Runtime:
             keys=KeyRing.load(
                 settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
             ),
+            metrics=metrics,
         )
 
     def __post_init__(self) -> None:
         self.runner.on_finished = self._job_finished
 
     def _job_finished(self, job_id: str) -> None:
-        """A finished retrain may have published and promoted: look now, not at the next poll."""
+        """Count the job; a finished retrain may have promoted: look now, not at the next poll."""
         job = self.jobs.get(job_id)
+        self.metrics.jobs.labels(job.kind, job.status).inc()
+        if job.started_at and job.finished_at:
+            seconds = (datetime.fromisoformat(job.finished_at) - datetime.fromisoformat(job.started_at)).total_seconds()
+            self.metrics.job_seconds.labels(job.kind, job.status).observe(seconds)
         if job.kind == "retrain":
             self.cache.refresh(only=job.model)
 

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
         default=1024, ge=0, description="Serialised fast-path responses kept in memory (LRU)"
     )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error")
+    log_json: bool = Field(default=True, description="Structured JSON log lines (false: plain text)")
+    access_log: bool = Field(default=True, description="One JSON log line per request")
     data_dir: Path = Field(default=Path("data"), description="Folder for datasets, job files and the SQLite job store")
     jobs_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the job store; default sqlite:///<data_dir>/jobs.sqlite"

@@ -13,23 +13,23 @@ from service.runtime import Runtime
 from service.settings import Settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.runtime.settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.runtime.registry
 
 
-def get_cache(request: Request) -> ModelCache:
+async def get_cache(request: Request) -> ModelCache:
     return request.app.state.runtime.cache
 
 
-def get_jobs(request: Request) -> JobStore:
+async def get_jobs(request: Request) -> JobStore:
     return request.app.state.runtime.jobs
 
 
@@ -40,12 +40,12 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 CacheDep = Annotated[ModelCache, Depends(get_cache)]
 
 
-def require_read(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+async def require_read(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """Reads (predict, list, backtest) need a read or admin key."""
     return request.app.state.runtime.keys.authorize(authorization, "read")
 
 
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """Writes (datasets, specs, aliases, retrain, cancel) need an admin key."""
     return request.app.state.runtime.keys.authorize(authorization, "admin")
 

@@ -40,6 +40,9 @@ def probe_capabilities(forecaster: Any, schema: Schema, training_x: pd.DataFrame
         "exogenous": {"required": bool(schema.exogenous), "columns": list(schema.exogenous)},
     }
     x_probe = probe_exogenous(training_x, schema)
+    probe = _one_series(forecaster)
+    if probe is not forecaster and x_probe is not None:
+        x_probe = x_probe.loc[x_probe.index.droplevel(-1)[0]]  # the first series' rows
     for capability, method, kwargs in (
         ("pred_int", "predict_interval", {"coverage": [0.9]}),
         ("quantiles", "predict_quantiles", {"alpha": [0.5]}),
@@ -54,7 +57,7 @@ def probe_capabilities(forecaster: Any, schema: Schema, training_x: pd.DataFrame
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                getattr(copy.deepcopy(forecaster), method)(fh=[1], X=x_probe, **kwargs)
+                getattr(copy.deepcopy(probe), method)(fh=[1], X=x_probe, **kwargs)
         except Exception as exc:  # the promise failed on this fitted version: record why
             result[capability] = {
                 "available": False,
@@ -63,11 +66,20 @@ def probe_capabilities(forecaster: Any, schema: Schema, training_x: pd.DataFrame
             }
         else:
             result[capability] = {"available": True, "reason": None}
-    if result["pred_int"]["available"] and result["quantiles"]["available"]:
-        disagreement = _quantile_interval_disagreement(forecaster, x_probe)
+    if len(schema.targets) > 1 and result["pred_int"]["available"] and result["quantiles"]["available"]:
+        disagreement = _quantile_interval_disagreement(probe, x_probe)
         if disagreement:
             result["quantiles"] = {"available": False, "reason": disagreement}
     return result
+
+
+def _one_series(forecaster: Any) -> Any:
+    """For a panel of per-series models (sktime vectorisation), the first series' fitted
+    forecaster: probing it costs one series, not the whole panel."""
+    inner = getattr(forecaster, "forecasters_", None)
+    if isinstance(inner, pd.DataFrame) and inner.size:
+        return inner.iloc[0, 0]
+    return forecaster
 
 
 def _quantile_interval_disagreement(forecaster: Any, x_probe: pd.DataFrame | None) -> str | None:

@@ -19,6 +19,7 @@ from service.tables import (
     TOTAL,
     Schema,
     canonical_table,
+    format_time,
     interval_columns,
     parse_times,
     quantile_column,
@@ -125,6 +126,7 @@ class ServedVersion:
         self.forecaster = forecaster
         self.lock = threading.Lock()
         self.cutoff = cutoff_of(forecaster)
+        self.cutoff_text = format_time(self.cutoff)
         self.capabilities = manifest.get("capabilities", {})
         self.series = self._series_ids()
         pre = manifest.get("precomputed") or {}

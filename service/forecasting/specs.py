@@ -153,8 +153,9 @@ def build_estimator(node: Any, where: str = "forecaster") -> Any:
     except Exception as exc:  # a bad value: sktime/sklearn validate in __init__
         raise SpecError(f"{where}: {node['class']} rejected its parameters: {exc}", field=where) from exc
     if hasattr(estimator, "set_config") and "remember_data" in getattr(estimator, "get_config", dict)():
-        # explicit, so that `update` keeps working after sktime 1.3 flips the default
-        estimator.set_config(remember_data=True)
+        # remember_data explicit, so that `update` keeps working after sktime 1.3 flips the
+        # default; warnings off: its 1.3 notice fires for every clone (once per series)
+        estimator.set_config(remember_data=True, warnings="off")
     return estimator
 
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.api.deps import CacheDep
+from service.api.deps import CacheDep, RuntimeDep
 from service.tables import encode_json
 
 router = APIRouter(tags=["health"])
@@ -23,3 +26,19 @@ async def readyz(cache: CacheDep) -> Response:
     ready, problems = cache.is_ready()
     body = {"status": "ready" if ready else "not ready", "models": cache.names(), "problems": problems}
     return Response(encode_json(body), status_code=200 if ready else 503, media_type="application/json")
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 401: {"content": {"application/problem+json": {}}}},
+)
+async def metrics(
+    request: Request, runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    if not runtime.settings.metrics_public:
+        runtime.keys.authorize(authorization, "read")
+    for name in runtime.cache.names():
+        runtime.metrics.loaded_versions.labels(name).set(len(runtime.cache.state(name).loaded))
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

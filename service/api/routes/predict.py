@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
 from service.forecasting import plots
-from service.forecasting.served import PredictQuery
+from service.forecasting.served import PredictQuery, ServedVersion
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series
 from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
@@ -41,6 +41,8 @@ async def predict(
     name: Annotated[str, Path(examples=["airline"])], body: PredictRequest, request: Request, runtime: RuntimeDep
 ) -> Response:
     served = await runtime.served(name, body.version, body.alias)
+    request.state.model, request.state.version = name, served.version
+    runtime.metrics.predictions.labels(name, str(served.version)).inc()
     media = negotiate(request.headers.get("accept"))
     query = body.to_query(served.schema.keys)
     cache_key = query.cache_key()
@@ -48,16 +50,19 @@ async def predict(
         cache_key = (name, served.version, cache_key, media)
         cached = runtime.responses.get(cache_key)
         if cached is not None:
-            return Response(cached, media_type=media, headers=_headers(served, served.cutoff))
+            runtime.metrics.fast_path.labels(name, "cache").inc()
+            return Response(cached, media_type=media, headers=_headers(served, served.cutoff_text))
     answer = served.try_fast(query, runtime.limits) or await runtime.run_blocking(
         served.answer, query, runtime.limits, timeout=runtime.settings.live_predict_timeout
     )
+    runtime.metrics.fast_path.labels(name, "fast" if answer.fast else "live").inc()
+    cutoff = served.cutoff_text if answer.cutoff is served.cutoff else format_time(answer.cutoff)
     if media == JSON:
         payload = encode_json(
             {
                 "model": name,
                 "version": served.version,
-                "cutoff": format_time(answer.cutoff),
+                "cutoff": cutoff,
                 "freq": served.freq,
                 "forecast": json_columns(answer.columns),
             }
@@ -66,15 +71,11 @@ async def predict(
         payload = encode_arrow(answer.columns) if media == ARROW else encode_csv(answer.columns)
     if cache_key is not None and answer.fast:
         runtime.responses.put(cache_key, payload)
-    return Response(payload, media_type=media, headers=_headers(served, answer.cutoff))
+    return Response(payload, media_type=media, headers=_headers(served, cutoff))
 
 
-def _headers(served, cutoff) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {
-        "X-Model": served.name,
-        "X-Model-Version": str(served.version),
-        "X-Cutoff": str(format_time(cutoff)),
-    }
+def _headers(served: ServedVersion, cutoff: str | int) -> dict[str, str]:
+    return {"X-Model": served.name, "X-Model-Version": str(served.version), "X-Cutoff": str(cutoff)}
 
 
 @router.get(

@@ -1,0 +1,163 @@
+"""Prometheus metrics, structured JSON logs and request ids.
+
+One pure ASGI middleware times every request, gives it an ``X-Request-ID`` (echoed when
+the client sends a sane one), logs one JSON line (request id, method, route, status,
+duration, model, version — never headers or bodies) and feeds the latency histogram.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+access_log = logging.getLogger("service.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LOG_RECORD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class Metrics:
+    """The service's metrics, on a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "forecast_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.predictions = Counter(
+            "forecast_predictions_total",
+            "Forecast responses served, by model and version",
+            ["model", "version"],
+            registry=r,
+        )
+        self.fast_path = Counter(
+            "forecast_fast_path_total",
+            "Predict answers by path: cache (serialised answer), fast (precomputed), live (sktime)",
+            ["model", "path"],
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "forecast_job_duration_seconds",
+            "Job run time by kind and outcome",
+            ["kind", "status"],
+            registry=r,
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+        )
+        self.jobs = Counter("forecast_jobs_total", "Finished jobs by kind and outcome", ["kind", "status"], registry=r)
+        self.load_seconds = Histogram(
+            "forecast_model_load_seconds",
+            "Time to load a version (verify, unpickle, prepare the fast path)",
+            ["model"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.load_failures = Counter(
+            "forecast_model_load_failures_total", "Versions refused on load", ["model"], registry=r
+        )
+        self.loaded_versions = Gauge(
+            "forecast_loaded_versions", "Versions held in memory per model", ["model"], registry=r
+        )
+
+    def model_loaded(self, model: str, _version: int, seconds: float, error: str | None) -> None:
+        self.load_seconds.labels(model).observe(seconds)
+        if error is not None:
+            self.load_failures.labels(model).inc()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in LOG_RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str = "info", json_lines: bool = True) -> None:
+    """Root logging to stderr; uvicorn's loggers go through it (its access log is ours)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class RequestObserver:
+    """Request id, one access log line and the latency histogram for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.request_seconds.labels(route, scope["method"], str(status)).observe(duration)
+            state = scope.get("state") or {}
+            if self.access_log:
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 3),
+                        "model": state.get("model"),
+                        "version": state.get("version"),
+                    },
+                )
+            request_id_var.reset(token)

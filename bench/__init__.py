@@ -1,0 +1,1 @@
+"""Benchmark harness: our predict endpoint against the bare HTTP floor and in-process sktime."""

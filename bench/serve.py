@@ -1,0 +1,79 @@
+"""A benchmark server process: our app, or the bare FastAPI floor, under one uvicorn config.
+
+``python -m bench.serve service --port P --registry R [--response-cache-size N]``
+``python -m bench.serve floor --port P --payload FILE --path /v1/models/airline/predict``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+# the one uvicorn config both servers run with: one worker, uvloop + httptools (uvicorn[standard])
+UVICORN_CONFIG: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "workers": 1,
+    "access_log": False,
+    "log_level": "warning",
+}
+
+
+def floor_app(payload: bytes, path: str) -> Any:
+    """A bare FastAPI app: POST ``path`` returns ``payload`` as JSON, GET /readyz says ready."""
+    from fastapi import FastAPI
+    from starlette.responses import Response
+
+    app = FastAPI()
+
+    @app.post(path)
+    async def predict() -> Response:
+        return Response(payload, media_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    return app
+
+
+def service_app(registry: Path, response_cache_size: int | None) -> Any:
+    """Our app on ``registry``, settings otherwise at their defaults."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {"registry": registry}
+    if response_cache_size is not None:
+        overrides["response_cache_size"] = response_cache_size
+    return create_app(Settings(**overrides))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Which app, on which port, with which data."""
+    parser = argparse.ArgumentParser(prog="python -m bench.serve")
+    parser.add_argument("app", choices=["service", "floor"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--registry", type=Path)
+    parser.add_argument("--response-cache-size", type=int)
+    parser.add_argument("--payload", type=Path)
+    parser.add_argument("--path", default="/v1/models/airline/predict")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until terminated."""
+    import uvicorn
+
+    args = parse_args(argv)
+    if args.app == "floor":
+        app = floor_app(args.payload.read_bytes(), args.path)
+    else:
+        app = service_app(args.registry, args.response_cache_size)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, **UVICORN_CONFIG)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

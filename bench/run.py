@@ -139,7 +139,7 @@ def start_servers(registry: Path, workdir: Path, stack: contextlib.ExitStack) ->
     floor serving the exact bytes of our fast-path answer."""
     service = start_service("service", registry, workdir)
     stack.callback(service.stop)
-    nocache = start_service("service_nocache", registry, workdir, response_cache_size=0)
+    nocache = start_service("service_nocache", registry, workdir, response_cache_bytes=0)
     stack.callback(nocache.stop)
     wait_ready(service)
     wait_ready(nocache)
@@ -314,7 +314,7 @@ def notes(generator: str, profile: Profile, built: dict[str, Any], answers: dict
         f"{answers['fast_bytes']} bytes of the fast-path answer",
         f"panel: {profile.panel_series} series x {profile.panel_length} months, {built[PANEL]['forecaster']}, "
         f"request {{}} -> {answers['panel_rows']} rows, {answers['panel_bytes']:,} bytes; 'cache off' is a second "
-        "server with response_cache_size=0 (slice + JSON encode per request)",
+        "server with response_cache_bytes=0 (slice + JSON encode per request)",
         "(d) update_predict = update(1 new month) + predict + predict_interval on a deep copy made outside the "
         "timer; the live path also pays that deepcopy, listed separately",
     ]

@@ -1,6 +1,6 @@
 """A benchmark server process: our app, or the bare FastAPI floor, under one uvicorn config.
 
-``python -m bench.serve service --port P --registry R [--response-cache-size N]``
+``python -m bench.serve service --port P --registry R [--response-cache-bytes N]``
 ``python -m bench.serve floor --port P --payload FILE --path /v1/models/airline/predict``
 """
 
@@ -39,14 +39,14 @@ def floor_app(payload: bytes, path: str) -> Any:
     return app
 
 
-def service_app(registry: Path, response_cache_size: int | None) -> Any:
+def service_app(registry: Path, response_cache_bytes: int | None) -> Any:
     """Our app on ``registry``, settings otherwise at their defaults."""
     from service.app import create_app
     from service.settings import Settings
 
     overrides: dict[str, Any] = {"registry": registry}
-    if response_cache_size is not None:
-        overrides["response_cache_size"] = response_cache_size
+    if response_cache_bytes is not None:
+        overrides["response_cache_bytes"] = response_cache_bytes
     return create_app(Settings(**overrides))
 
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("app", choices=["service", "floor"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--registry", type=Path)
-    parser.add_argument("--response-cache-size", type=int)
+    parser.add_argument("--response-cache-bytes", type=int)
     parser.add_argument("--payload", type=Path)
     parser.add_argument("--path", default="/v1/models/airline/predict")
     return parser.parse_args(argv)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.app == "floor":
         app = floor_app(args.payload.read_bytes(), args.path)
     else:
-        app = service_app(args.registry, args.response_cache_size)
+        app = service_app(args.registry, args.response_cache_bytes)
     uvicorn.run(app, host="127.0.0.1", port=args.port, **UVICORN_CONFIG)
     return 0
 

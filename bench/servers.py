@@ -82,11 +82,11 @@ def wait_ready(server: Server, timeout: float = 180.0) -> None:
     raise RuntimeError(f"server {server.name} not ready after {timeout:g}s:\n{server.log_tail()}")
 
 
-def start_service(name: str, registry: Path, workdir: Path, response_cache_size: int | None = None) -> Server:
+def start_service(name: str, registry: Path, workdir: Path, response_cache_bytes: int | None = None) -> Server:
     """Our app on ``registry`` (not yet waited for)."""
     args = ["service", "--registry", str(registry)]
-    if response_cache_size is not None:
-        args += ["--response-cache-size", str(response_cache_size)]
+    if response_cache_bytes is not None:
+        args += ["--response-cache-bytes", str(response_cache_bytes)]
     return spawn(name, args, workdir)
 
 

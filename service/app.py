@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import problems
+from service.api.fastlane import PredictFastLane
 from service.api.limits import BodySizeLimit
 from service.api.routes import backtests, datasets, health, jobs, models, predict
 from service.jobs.scheduler import run_scheduler
@@ -73,11 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     problems.install(app)
+    app.add_middleware(PredictFastLane, runtime=runtime)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)
+    app.include_router(predict.router)  # first: the hot route is matched first
     app.include_router(health.router)
     app.include_router(models.router)
-    app.include_router(predict.router)
     app.include_router(backtests.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)

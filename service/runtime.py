@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,26 +24,47 @@ from service.settings import Settings
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A serialised fast-path answer. ``follows_production``: the body named no version,
+    so it is valid only while production still points at ``version``."""
+
+    version: int
+    follows_production: bool
+    payload: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
 class ResponseCache:
-    """LRU of serialised fast-path answers; versions are immutable, so no invalidation."""
+    """LRU of serialised fast-path answers keyed by (model, exact body bytes, media type),
+    bounded by bytes. Versions are immutable, so entries never go stale, only evicted."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[Any, bytes] = OrderedDict()
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[tuple[str, bytes, str], CachedAnswer] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, key: Any) -> bytes | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+    def get(self, key: tuple[str, bytes, str]) -> CachedAnswer | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
 
-    def put(self, key: Any, value: bytes) -> None:
-        if self.size <= 0:
+    def put(self, key: tuple[str, bytes, str], value: CachedAnswer) -> None:
+        cost = len(value.payload) + len(key[1])
+        if cost > self.max_bytes // 4:
             return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            previous = self._items.pop(key, None)
+            if previous is not None:
+                self.size -= len(previous.payload) + len(key[1])
+            self._items[key] = value
+            self.size += cost
+            while self.size > self.max_bytes:
+                old_key, old = self._items.popitem(last=False)
+                self.size -= len(old.payload) + len(old_key[1])
 
 
 @dataclass
@@ -76,7 +98,7 @@ class Runtime:
             settings=settings,
             registry=registry,
             cache=ModelCache(registry, extra_versions=settings.version_cache_size, on_load=metrics.model_loaded),
-            responses=ResponseCache(settings.response_cache_size),
+            responses=ResponseCache(settings.response_cache_bytes),
             executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
             jobs=jobs,
             runner=JobRunner(

@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     version_cache_size: int = Field(
         default=8, ge=0, description="Loaded versions kept per model besides those an alias points at"
     )
-    response_cache_size: int = Field(
-        default=1024, ge=0, description="Serialised fast-path responses kept in memory (LRU)"
+    response_cache_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Memory for serialised fast-path answers (LRU, bytes; 0 = off)"
     )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error")
     log_json: bool = Field(default=True, description="Structured JSON log lines (false: plain text)")

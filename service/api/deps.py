@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
 
 from service.jobs.store import JobStore
 from service.registry.cache import ModelCache
@@ -40,15 +41,20 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 CacheDep = Annotated[ModelCache, Depends(get_cache)]
 
 
-async def require_read(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """Reads (predict, list, backtest) need a read or admin key."""
-    return request.app.state.runtime.keys.authorize(authorization, "read")
+class BearerRole(HTTPBearer):
+    """`Authorization: Bearer <key>` checked against the key ring for a role (shown in OpenAPI)."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="apiKey",
+            description="API key; reads need a read or admin key, writes an admin key",
+        )
+        self.role = role
+
+    async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        return request.app.state.runtime.keys.authorize(request.headers.get("authorization"), self.role)
 
 
-async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """Writes (datasets, specs, aliases, retrain, cancel) need an admin key."""
-    return request.app.state.runtime.keys.authorize(authorization, "admin")
-
-
-ReadAccess = Depends(require_read)
-AdminAccess = Depends(require_admin)
+ReadAccess = Security(BearerRole("read"))
+AdminAccess = Security(BearerRole("admin"))

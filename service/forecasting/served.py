@@ -225,7 +225,10 @@ class ServedVersion:
             field_name = "timestamps"
         else:
             horizon = query.horizon if query.horizon is not None else self.default_horizon
-            steps = list(range(1, horizon + 1)) if horizon >= 1 else [horizon]
+            # never build a range larger than the limit allows
+            steps = list(range(1, min(horizon, limits.max_horizon + 1) + 1)) if horizon >= 1 else [horizon]
+            if horizon > limits.max_horizon:
+                steps.append(horizon)
             field_name = "horizon"
         if steps[0] < 1:
             raise InvalidInput(f"'{field_name}' must point after the cutoff {cutoff} (steps >= 1)", field=field_name)

@@ -6,24 +6,16 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
+from service.api.fastlane import ARROW, CSV, JSON, negotiate
 from service.forecasting import plots
 from service.forecasting.served import PredictQuery, ServedVersion
+from service.runtime import CachedAnswer, Runtime
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series
 from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
 router = APIRouter(prefix="/v1/models", tags=["predict"], dependencies=[ReadAccess])
 
-JSON, CSV, ARROW = "application/json", "text/csv", "application/vnd.apache.arrow.stream"
 PROBLEM = {"content": {"application/problem+json": {}}}
-
-
-def negotiate(accept: str | None) -> str:
-    accept = accept or ""
-    if ARROW in accept:
-        return ARROW
-    if CSV in accept and JSON not in accept:
-        return CSV
-    return JSON
 
 
 @router.post(
@@ -37,21 +29,13 @@ def negotiate(accept: str | None) -> str:
         422: {"description": "Invalid request: the detail names the field", **PROBLEM},
     },
 )
-async def predict(
-    name: Annotated[str, Path(examples=["airline"])], body: PredictRequest, request: Request, runtime: RuntimeDep
-) -> Response:
+async def predict(name: Annotated[str, Path(examples=["airline"])], body: PredictRequest, request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime  # not a dependency: this is the hot path
     served = await runtime.served(name, body.version, body.alias)
     request.state.model, request.state.version = name, served.version
     runtime.metrics.predictions.labels(name, str(served.version)).inc()
     media = negotiate(request.headers.get("accept"))
     query = body.to_query(served.schema.keys)
-    cache_key = query.cache_key()
-    if cache_key is not None:
-        cache_key = (name, served.version, cache_key, media)
-        cached = runtime.responses.get(cache_key)
-        if cached is not None:
-            runtime.metrics.fast_path.labels(name, "cache").inc()
-            return Response(cached, media_type=media, headers=_headers(served, served.cutoff_text))
     answer = served.try_fast(query, runtime.limits) or await runtime.run_blocking(
         served.answer, query, runtime.limits, timeout=runtime.settings.live_predict_timeout
     )
@@ -69,9 +53,17 @@ async def predict(
         )
     else:
         payload = encode_arrow(answer.columns) if media == ARROW else encode_csv(answer.columns)
-    if cache_key is not None and answer.fast:
-        runtime.responses.put(cache_key, payload)
-    return Response(payload, media_type=media, headers=_headers(served, cutoff))
+    response = Response(payload, media_type=media, headers=_headers(served, cutoff))
+    if answer.fast and body.alias is None:
+        # the fast lane answers the same bytes next time without FastAPI (service.api.fastlane)
+        entry = CachedAnswer(
+            version=served.version,
+            follows_production=body.version is None,
+            payload=payload,
+            headers=tuple(h for h in response.raw_headers if h[0] != b"content-length"),
+        )
+        runtime.responses.put((name, await request.body(), media), entry)
+    return response
 
 
 def _headers(served: ServedVersion, cutoff: str | int) -> dict[str, str]:

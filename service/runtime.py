@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from service.datasets.store import DatasetStore
 from service.errors import NotReady
 from service.forecasting.served import Limits
-from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
+from service.jobs.runner import JobExecutor, JobRunner, LocalProcessExecutor, WorkerContext
 from service.jobs.store import JobStore, process_owner
 from service.observability import Metrics
 from service.registry.cache import ModelCache
@@ -103,7 +103,7 @@ class Runtime:
             jobs=jobs,
             runner=JobRunner(
                 jobs,
-                LocalProcessExecutor(),
+                make_executor(settings),
                 context,
                 max_concurrent=settings.max_concurrent_jobs,
                 stale_after=settings.job_stale_seconds,
@@ -154,3 +154,12 @@ class Runtime:
                 "retry later or ask for less",
                 retry_after=5,
             ) from None
+
+
+def make_executor(settings: Settings) -> JobExecutor:
+    """Local processes by default; a Dask distributed cluster when its address is set."""
+    if settings.dask_scheduler:
+        from service.jobs.dask_executor import DaskExecutor
+
+        return DaskExecutor(settings.dask_scheduler)
+    return LocalProcessExecutor()

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     jobs_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the job store; default sqlite:///<data_dir>/jobs.sqlite"
     )
+    dask_scheduler: str | None = Field(
+        default=None, description="Dask distributed scheduler address (tcp://host:8786): jobs run on its workers"
+    )
     max_concurrent_jobs: int = Field(default=2, ge=1, description="Jobs this process runs at once (one process each)")
     job_stale_seconds: float = Field(
         default=30.0, gt=0, description="A running job whose owner has not beaten for this long is failed (interrupted)"

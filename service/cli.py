@@ -364,8 +364,8 @@ def retrain(
 ) -> None:
     """Queue a retrain in the job store (a running server picks it up), or run it with --wait."""
     from service.jobs.retrains import submit_retrain
-    from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
-    from service.jobs.store import process_owner
+    from service.jobs.runner import JobRunner, LocalProcessExecutor
+    from service.runtime import worker_context
 
     settings = _settings(registry)
     reg = _registry(registry)
@@ -379,14 +379,13 @@ def retrain(
     if not wait:
         _print_job(job)
         return
-    context = WorkerContext(
-        jobs_url=settings.resolved_jobs_url,
-        registry_path=str(reg.root),
-        data_dir=str(settings.data_dir.resolve()),
-        owner=process_owner(),
-        sql_url=settings.sql_url,
+    runner = JobRunner(
+        store,
+        LocalProcessExecutor(),
+        worker_context(settings, reg),
+        max_concurrent=1,
+        stale_after=settings.job_stale_seconds,
     )
-    runner = JobRunner(store, LocalProcessExecutor(), context, max_concurrent=1, stale_after=settings.job_stale_seconds)
     job = _follow(store, job.id, runner)
     _print_job(job)
     if job.status != "succeeded":

@@ -86,14 +86,7 @@ class Runtime:
         registry = Registry(settings.registry, signing_key=settings.signing_key_bytes)
         metrics = Metrics()
         jobs = JobStore(settings.resolved_jobs_url)
-        context = WorkerContext(
-            jobs_url=settings.resolved_jobs_url,
-            registry_path=str(registry.root),
-            data_dir=str(settings.data_dir.resolve()),
-            owner=process_owner(),
-            sql_url=settings.sql_url,
-            signing_key=settings.signing_key.get_secret_value() if settings.signing_key else None,
-        )
+        context = worker_context(settings, registry)
         return cls(
             settings=settings,
             registry=registry,
@@ -163,3 +156,15 @@ def make_executor(settings: Settings) -> JobExecutor:
 
         return DaskExecutor(settings.dask_scheduler)
     return LocalProcessExecutor()
+
+
+def worker_context(settings: Settings, registry: Registry) -> WorkerContext:
+    """What this process's job workers need to reach the same stores."""
+    return WorkerContext(
+        jobs_url=settings.resolved_jobs_url,
+        registry_path=str(registry.root),
+        data_dir=str(settings.data_dir.resolve()),
+        owner=process_owner(),
+        sql_url=settings.sql_url,
+        signing_key=settings.signing_key.get_secret_value() if settings.signing_key else None,
+    )

@@ -170,11 +170,21 @@ def wire_to_frame(table: Any, what: str) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(column, dtype="object") for name, column in table.items()})
 
 
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else np.nan
+    except (OverflowError, ValueError, TypeError):
+        return np.nan
+
+
 def _numeric_column(frame: pd.DataFrame, column: str, what: str, allow_missing: bool) -> np.ndarray:
     raw = frame[column]
     if pd.api.types.is_bool_dtype(raw.dtype):
         raise InvalidTable(f"{what}: column '{column}' must be numeric, not boolean", column=column)
-    values = pd.to_numeric(raw, errors="coerce")
+    try:
+        values = pd.to_numeric(raw, errors="coerce")
+    except (OverflowError, ValueError):  # ints beyond float range are not coerced, they raise
+        values = pd.to_numeric(raw.map(_float_or_nan), errors="coerce")
     bad = values.isna() & raw.notna()
     bad_bool = raw.map(lambda v: isinstance(v, bool))
     bad = bad | bad_bool
@@ -207,6 +217,7 @@ def canonical_table(
     what: str,
     columns: Iterable[str] | None = None,
     contiguous: bool = True,
+    in_order: bool = False,
 ) -> pd.DataFrame:
     """Validate and normalise a long table: typed columns, sorted, no duplicated
     key+time, no gaps within a series (``contiguous``). ``columns`` are the value
@@ -235,6 +246,8 @@ def canonical_table(
     if duplicated.any():
         rows = np.flatnonzero(duplicated)[:10].tolist()
         raise InvalidTable(f"{what}: duplicated {'+'.join(order)} at rows {rows}", rows=rows, columns=order)
+    if in_order:
+        _check_in_order(table, schema, what)
     table = table.sort_values(order, kind="mergesort").reset_index(drop=True)
     if contiguous:
         _check_contiguous(table, schema, what)
@@ -245,6 +258,25 @@ def _time_steps(times: pd.Series) -> np.ndarray:
     if isinstance(times.dtype, pd.PeriodDtype):
         return pd.PeriodIndex(times).asi8
     return times.to_numpy(dtype="int64")
+
+
+def _check_in_order(table: pd.DataFrame, schema: Schema, what: str) -> None:
+    """Times must increase within each series in the order given (no silent re-sorting)."""
+    steps = _time_steps(table[schema.time])
+    if schema.keys:
+        series_id = table.groupby(list(schema.keys), sort=False).ngroup().to_numpy()
+        order = np.lexsort((np.arange(len(steps)), series_id))
+        steps, same = steps[order], series_id[order][1:] == series_id[order][:-1]
+    else:
+        order, same = np.arange(len(steps)), np.ones(max(len(steps) - 1, 0), dtype=bool)
+    backwards = (np.diff(steps) <= 0) & same
+    if backwards.any():
+        row = int(order[int(np.flatnonzero(backwards)[0]) + 1])
+        raise InvalidTable(
+            f"{what}: times in '{schema.time}' must increase within each series; row {row} goes back in time",
+            column=schema.time,
+            row=row,
+        )
 
 
 def _check_contiguous(table: pd.DataFrame, schema: Schema, what: str) -> None:

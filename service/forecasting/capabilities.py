@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from service.forecasting.predict import private_copy
 from service.tables import Schema
 
 
@@ -57,7 +57,7 @@ def probe_capabilities(forecaster: Any, schema: Schema, training_x: pd.DataFrame
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                getattr(copy.deepcopy(probe), method)(fh=[1], X=x_probe, **kwargs)
+                getattr(private_copy(probe), method)(fh=[1], X=x_probe, **kwargs)
         except Exception as exc:  # the promise failed on this fitted version: record why
             result[capability] = {
                 "available": False,
@@ -88,7 +88,7 @@ def _quantile_interval_disagreement(forecaster: Any, x_probe: pd.DataFrame | Non
     are not served."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        private = copy.deepcopy(forecaster)
+        private = private_copy(forecaster)
         interval = private.predict_interval(fh=[1], X=x_probe, coverage=[0.9])
         quantiles = private.predict_quantiles(fh=[1], X=x_probe, alpha=[0.05, 0.95])
     for target in {c[0] for c in interval.columns}:

@@ -54,11 +54,7 @@ def forecast_png(registry: Any, served: ServedVersion, query: PredictQuery, limi
         ax.set_title(f"{served.name} v{served.version}: {title} ({target})", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def _x(index: pd.Index) -> Any:
@@ -100,6 +96,10 @@ def backtest_png(jobs: Any, data_dir: str, job_id: str, series: str | None) -> b
     ax.set_title(f"backtest {job_id[:8]} of {job.model} v{job.result['version']}: {title}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8, ncol=4)
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)

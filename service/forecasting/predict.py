@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -10,6 +11,13 @@ import pandas as pd
 
 from service.errors import ForecastFailed
 from service.tables import Schema, forecast_table
+
+
+def private_copy(forecaster: Any) -> Any:
+    """An independent copy. Not `copy.deepcopy`: pandas' deepcopy keeps the objects held in
+    a DataFrame (sktime's per-node forecasters_), so an update on the copy would move the
+    original's inner forecasters."""
+    return pickle.loads(pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def cutoff_of(forecaster: Any) -> Any:
@@ -57,7 +65,10 @@ def run_forecast(
 
     Mutates ``forecaster``'s predict-time state, as sktime does: callers serialise
     access or pass a private copy."""
-    fh = np.asarray(sorted(steps), dtype="int64")
+    wanted = sorted(set(steps))
+    # every step up to the last one asked for, then the rows asked for: sktime 1.2's
+    # Theta (deseasonalised) gives wrong numbers for a horizon with gaps
+    fh = np.arange(1, wanted[-1] + 1, dtype="int64")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -68,4 +79,8 @@ def run_forecast(
         raise ForecastFailed(f"the forecaster raised {type(exc).__name__}: {exc}"[:1000]) from exc
     if isinstance(point, pd.Series):
         point = point.to_frame(name=schema.targets[0])
-    return forecast_table(point, schema, intervals, quant)
+    table = forecast_table(point, schema, intervals, quant)
+    if len(wanted) == len(fh):
+        return table
+    times = future_times(cutoff_of(forecaster), wanted)
+    return table[pd.Index(table[schema.time]).isin(times)].reset_index(drop=True)

@@ -3,7 +3,6 @@ the live path through sktime (serialised per version, or on a private copy)."""
 
 from __future__ import annotations
 
-import copy
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, LimitExceeded, SeriesNotFound
-from service.forecasting.predict import cutoff_of, future_times, run_forecast, steps_of
+from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
 from service.tables import (
     TOTAL,
     Schema,
@@ -132,7 +131,7 @@ class ServedVersion:
         pre = manifest.get("precomputed") or {}
         if precomputed is None and not self.schema.exogenous:
             precomputed = run_forecast(
-                copy.deepcopy(forecaster),
+                private_copy(forecaster),
                 self.schema,
                 list(range(1, int(manifest.get("horizon", 1)) + 1)),
                 pre.get("coverage", []),
@@ -193,6 +192,8 @@ class ServedVersion:
     def _check_series(self, query: PredictQuery, limits: Limits) -> tuple[tuple[str, ...], ...] | None:
         if query.series is None:
             return None
+        if not query.series:
+            raise InvalidInput("'series' must name at least one series (leave it out for all)", field="series")
         if len(query.series) > limits.max_series:
             raise LimitExceeded(f"{len(query.series)} series requested; at most {limits.max_series}", field="series")
         if not self.schema.keys:
@@ -221,7 +222,14 @@ class ServedVersion:
             if not query.timestamps:
                 raise InvalidInput("'timestamps' must list at least one time", field="timestamps")
             times = parse_times(list(query.timestamps), self.freq, "timestamps")
-            steps = sorted(set(steps_of(times, cutoff)))
+            raw_steps = steps_of(times, cutoff)
+            if len(set(raw_steps)) != len(raw_steps):
+                raise InvalidInput(
+                    f"'timestamps' name the same {self.freq or 'integer'} period more than once; "
+                    "give one time per period of the model's frequency",
+                    field="timestamps",
+                )
+            steps = sorted(raw_steps)
             field_name = "timestamps"
         else:
             horizon = query.horizon if query.horizon is not None else self.default_horizon
@@ -283,7 +291,7 @@ class ServedVersion:
             raise LimitExceeded(
                 f"'observations' has {len(query.observations)} rows; at most {limits.max_rows}", field="observations"
             )
-        table = canonical_table(query.observations, self.schema, what="observations")
+        table = canonical_table(query.observations, self.schema, what="observations", in_order=True)
         first = (
             table.groupby(list(self.schema.keys), sort=False)[self.schema.time].min()
             if self.schema.keys
@@ -305,12 +313,25 @@ class ServedVersion:
             } - leaves
             if unknown:
                 raise SeriesNotFound(f"'observations' name unknown series {sorted(unknown)[:5]}", field="observations")
+            # sktime moves the cutoff of every series: all of them must move together
+            given = table.groupby(list(self.schema.keys), sort=False)[self.schema.time].max()
+            missing = sorted(
+                leaves - {tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))) for k in given.index}
+            )
+            if missing or given.nunique() > 1:
+                raise InvalidInput(
+                    "'observations' must bring the same new times for every series of the model "
+                    + (f"(missing {len(missing)} series, first {list(missing[0])})" if missing else "(ends differ)"),
+                    field="observations",
+                    missing_series=[list(m) for m in missing[:20]],
+                )
         y_new, x_new = to_sktime(table, self.schema)
         new_cutoff = table[self.schema.time].max()
         steps = self._steps(query, new_cutoff, limits)
         x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
         coverage, quantiles = list(query.coverage), list(query.quantiles)
-        private = copy.deepcopy(self.forecaster)  # the served model never mutates
+        with self.lock:  # copy while no live predict is writing to it; the served model never mutates
+            private = private_copy(self.forecaster)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -37,14 +37,24 @@ class FitResult:
     training: pd.DataFrame
     schema: Schema
     fit_seconds: float
+    y: pd.DataFrame
+    x: pd.DataFrame | None
+
+    @property
+    def series_count(self) -> int:
+        return len(self.y.index.droplevel(-1).unique()) if self.y.index.nlevels > 1 else 1
 
 
-def fit_spec(spec: ModelSpec, training: pd.DataFrame) -> FitResult:
-    """Validate the long table against the spec, build the estimator, fit it."""
+def fit_spec(spec: ModelSpec, training: pd.DataFrame, parallel: bool = False) -> FitResult:
+    """Validate the long table against the spec, build the estimator, fit it; with
+    ``parallel``, per-series models of a panel fit on all cores (sktime's loky backend,
+    the best of its backends on 2 cores)."""
     schema = schema_of(spec)
     table = canonical_table(training, schema, what="training data")
     y, x = to_sktime(table, schema)
     forecaster = spec.build_forecaster()
+    if parallel and y.index.nlevels > 1:
+        forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,7 +62,7 @@ def fit_spec(spec: ModelSpec, training: pd.DataFrame) -> FitResult:
             forecaster.fit(y, X=x, fh=list(range(1, spec.horizon + 1)))
         except Exception as exc:
             raise InvalidInput(f"fitting {spec.forecaster.get('class')} failed: {type(exc).__name__}: {exc}") from exc
-    return FitResult(forecaster, table, schema, time.perf_counter() - started)
+    return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
 
 
 def train_and_publish(

@@ -3,8 +3,6 @@ and production on the same recent window -> publish -> promote only if the gate 
 
 from __future__ import annotations
 
-import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,9 +11,8 @@ from service.datasets.sources import read_source
 from service.datasets.store import DatasetStore, Roles
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
-from service.forecasting.training import schema_of
+from service.forecasting.training import fit_spec, schema_of
 from service.registry.store import PublishRequest, Registry
-from service.tables import canonical_table, to_sktime
 
 Progress = Callable[[str, int, int | None], None]
 Promote = Literal["auto", "always", "never"]
@@ -96,24 +93,11 @@ def retrain(
         data_ref = {"dataset": f"{name}.source", "version": snapshot["version"]}
     else:
         data_ref = {"dataset": spec.data.source["dataset"], "version": version_read}
-    table = canonical_table(raw, schema, what="training data")
-    y, x = to_sktime(table, schema)
-    n_series = len(y.index.droplevel(-1).unique()) if y.index.nlevels > 1 else 1
-
-    say("fitting", 0, n_series)
-    candidate = spec.build_forecaster()
-    if y.index.nlevels > 1:
-        # local models per series run on all cores (sktime's best backend on 2 cores)
-        candidate.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
+    say("fitting", 0, None)
+    fitted = fit_spec(spec, raw, parallel=True)
+    candidate, table, y, x = fitted.forecaster, fitted.training, fitted.y, fitted.x
     unfitted = candidate.clone()
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            candidate.fit(y, X=x, fh=list(range(1, spec.horizon + 1)))
-        except Exception as exc:
-            raise InvalidInput(f"fitting failed: {type(exc).__name__}: {exc}"[:1000]) from exc
-    fit_seconds = time.perf_counter() - started
+    fit_seconds, n_series = fitted.fit_seconds, fitted.series_count
     say("fitting", n_series, n_series)
 
     window = BacktestRequest(SplitterSpec("folds", horizon=spec.horizon, folds=params.gate_folds), "refit", (metric,))

@@ -37,8 +37,11 @@ def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, A
     return {"backtest": run_backtest_job, "retrain": run_retrain_job}
 
 
-def run_job(job_id: str, context: WorkerContext) -> None:
-    _die_with_parent()
+def run_job(job_id: str, context: WorkerContext, *, die_with_parent: bool = True) -> None:
+    """Run one job and record its outcome. ``die_with_parent``: this process is the job's
+    own (local executor) and must die with the runner; false in a long-lived Dask worker."""
+    if die_with_parent:
+        _die_with_parent()
     from service.app import quiet_sktime_warnings
 
     quiet_sktime_warnings()

@@ -92,7 +92,7 @@ class ModelCache:
         if served is not None:
             self._touch(name, version)
             return served
-        if version not in state.versions:
+        if version not in state.versions and version not in self.registry.list_versions(name):
             raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
         return self._load_extra(name, version)
 

@@ -16,7 +16,6 @@ complete and fsync'd, so a reader never sees half a version.
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import fcntl
 import hashlib
@@ -304,7 +303,7 @@ class Registry:
     def publish(self, name: str, forecaster: Any, request: PublishRequest) -> int:
         """Write a new immutable version; returns its number. Never exposes half a version."""
         from service.forecasting.capabilities import probe_capabilities
-        from service.forecasting.predict import cutoff_of, run_forecast
+        from service.forecasting.predict import cutoff_of, private_copy, run_forecast
 
         validate_name(name)
         if getattr(forecaster, "_is_fitted", True) is False:
@@ -319,7 +318,7 @@ class Registry:
         if request.precompute and not schema.exogenous:
             # a private copy: predicting writes to the forecaster (sktime), the artifact must not change
             precomputed = run_forecast(
-                copy.deepcopy(forecaster), schema, list(range(1, request.horizon + 1)), coverage, quantiles
+                private_copy(forecaster), schema, list(range(1, request.horizon + 1)), coverage, quantiles
             )
         cutoff = cutoff_of(forecaster)
         table = request.training

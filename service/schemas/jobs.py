@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.forecasting.backtest import DEFAULT_METRICS, BacktestRequest, SplitterSpec
-from service.schemas.predict import SeriesKey, normalize_series
+from service.schemas.predict import Levels, SeriesKey, normalize_series
 
 
 class SplitterBody(BaseModel):
@@ -49,21 +49,13 @@ class BacktestBody(BaseModel):
         default_factory=lambda: list(DEFAULT_METRICS),
         description="MAE, RMSE, MAPE, sMAPE, MASE, WAPE, pinball (needs quantiles), coverage (needs coverage)",
     )
-    coverage: list[StrictFloat] = Field(default_factory=list)
-    quantiles: list[StrictFloat] = Field(default_factory=list)
+    coverage: Levels = Field(default_factory=list)
+    quantiles: Levels = Field(default_factory=list)
     series: list[SeriesKey] | None = Field(default=None, description="Report per-series metrics for these only")
     dataset: StrictStr | None = Field(
         default=None, description="Backtest on this uploaded dataset instead of the version's training table"
     )
     dataset_version: StrictStr | None = Field(default=None, description="A version of `dataset` (default: latest)")
-
-    @field_validator("coverage", "quantiles")
-    @classmethod
-    def _unit_interval(cls, value: list[float]) -> list[float]:
-        for v in value:
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{v} is not strictly between 0 and 1")
-        return sorted(set(value))
 
     def to_request(self, keys: tuple[str, ...]) -> BacktestRequest:
         return BacktestRequest(

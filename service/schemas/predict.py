@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from service.errors import InvalidInput
 from service.forecasting.served import PredictQuery
 from service.tables import wire_to_frame
 
+
+def _unit_levels(value: list[float]) -> list[float]:
+    for v in value:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"{v} is not strictly between 0 and 1")
+    return sorted(set(value))
+
+
+Levels = Annotated[list[StrictFloat], AfterValidator(_unit_levels)]
+"""Interval coverages or quantile levels: each strictly between 0 and 1 (sorted, unique)."""
 Cell = StrictStr | StrictInt | StrictFloat | bool | None
 WireTable = dict[str, list[Cell]]
 SeriesKey = list[StrictStr | StrictInt] | dict[str, StrictStr | StrictInt] | StrictStr
@@ -53,22 +63,14 @@ class PredictRequest(BaseModel):
         description="Subset of series: key lists top level first, objects by key column, or a string for "
         "one-key panels. Hierarchies accept aggregate nodes ('__total').",
     )
-    coverage: list[StrictFloat] = Field(default_factory=list, description="Interval coverages in (0, 1)")
-    quantiles: list[StrictFloat] = Field(default_factory=list, description="Quantile levels in (0, 1)")
+    coverage: Levels = Field(default_factory=list, description="Interval coverages in (0, 1)")
+    quantiles: Levels = Field(default_factory=list, description="Quantile levels in (0, 1)")
     exogenous: WireTable | None = Field(default=None, description="Future exogenous values, column-oriented")
     observations: WireTable | None = Field(
         default=None, description="New actuals after the cutoff; the forecast starts from them (no refit)"
     )
     version: StrictInt | None = Field(default=None, ge=1, description="A version number")
     alias: StrictStr | None = Field(default=None, description="An alias; default 'production'")
-
-    @field_validator("coverage", "quantiles")
-    @classmethod
-    def _unit_interval(cls, value: list[float]) -> list[float]:
-        for v in value:
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{v} is not strictly between 0 and 1")
-        return sorted(set(value))
 
     def to_query(self, keys: tuple[str, ...]) -> PredictQuery:
         """The domain query; tables are turned into DataFrames by `service.tables`."""

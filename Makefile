@@ -43,7 +43,13 @@ typecheck: $(VENV)/.installed-dev
 
 ## benchmarks: BENCH=quick (default) or BENCH=full; results in bench/results.json
 bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench --profile $(or $(BENCH),quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+## build the image and test the container for real: buildah + podman, no Docker engine (minutes)
+.PHONY: container-test
+container-test:
+	bash scripts/container-test.sh

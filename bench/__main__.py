@@ -19,14 +19,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--generator", choices=["auto", "wrk", "httpx"], default="auto", help="load generator (auto: wrk if installed)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (registry, server logs)")
+    parser.add_argument("--only", choices=["all", "predict", "retrain"], default="all", help="which benchmarks to run")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen profile; the exit code is 0 even when a bar is missed (benchmarks are not tests)."""
     args = parse_args(argv)
-    run_benchmark(PROFILES[args.profile], args.out, generator=args.generator, keep=args.keep)
+    profile = PROFILES[args.profile]
+    if args.only in ("all", "predict"):
+        run_benchmark(profile, args.out, generator=args.generator, keep=args.keep)
+    if args.only in ("all", "retrain"):
+        run_retrain_into(args.out, repeats=1 if profile.name == "quick" else 3)
     return 0
+
+
+def run_retrain_into(out: Path, repeats: int) -> None:
+    """The retrain benchmark; its figures are added to ``out`` under "retrain"."""
+    import json
+    import tempfile
+
+    from bench.retrain import format_retrain, run_retrain_benchmark
+
+    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as folder:
+        results = run_retrain_benchmark(Path(folder), series=1000, repeats=repeats)
+    print(format_retrain(results))
+    merged = json.loads(out.read_text()) if out.is_file() else {}
+    merged["retrain"] = results
+    out.write_text(json.dumps(merged, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def service_app(registry: Path, response_cache_bytes: int | None) -> Any:
     from service.app import create_app
     from service.settings import Settings
 
-    overrides: dict[str, Any] = {"registry": registry}
+    # data (job store, datasets) beside the registry, in the bench's temporary folder
+    overrides: dict[str, Any] = {"registry": registry, "data_dir": registry.parent / f"{registry.name}-data"}
     if response_cache_bytes is not None:
         overrides["response_cache_bytes"] = response_cache_bytes
     return create_app(Settings(**overrides))

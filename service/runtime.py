@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -154,6 +155,11 @@ def make_executor(settings: Settings) -> JobExecutor:
     if settings.dask_scheduler:
         from service.jobs.dask_executor import DaskExecutor
 
+        if settings.resolved_jobs_url.startswith("sqlite"):
+            logging.getLogger(__name__).warning(
+                "FORECAST_DASK_SCHEDULER is set with a SQLite job store: workers on other hosts cannot "
+                "reach it; set FORECAST_JOBS_URL to a Postgres URL"
+            )
         return DaskExecutor(settings.dask_scheduler)
     return LocalProcessExecutor()
 

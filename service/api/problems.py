@@ -45,7 +45,7 @@ def _slug(title: str) -> str:
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     body = {"type": f"/problems/{_slug(title)}", "title": title, "status": status, "detail": detail}
-    body.update({k: v for k, v in extra.items() if v is not None})
+    body.update({k: v for k, v in extra.items() if v is not None and k not in body})
     return Response(encode_json(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -58,7 +58,8 @@ async def _service_error(_: Request, exc: Exception) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="forecast-service"'}
-    return problem(status, exc.title, exc.detail, headers=headers, **exc.extra)
+    extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "headers")}
+    return problem(status, exc.title, exc.detail, headers=headers, **extra)
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -29,8 +29,11 @@ class Cancelled(Exception):
 
 
 def _wape(y_true: Any, y_pred: Any, **_: Any) -> float:
-    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
-    return float(np.sum(np.abs(y_true - y_pred)) / np.sum(np.abs(y_true)))
+    """sum|error| / sum|actual| per target, averaged over targets like sktime's other metrics."""
+    actual = np.asarray(y_true, dtype=float).reshape(len(y_true), -1)
+    predicted = np.asarray(y_pred, dtype=float).reshape(len(y_pred), -1)
+    per_target = np.sum(np.abs(actual - predicted), axis=0) / np.sum(np.abs(actual), axis=0)
+    return float(np.mean(per_target))
 
 
 def metric_objects(names: Sequence[str], coverage: Sequence[float], quantiles: Sequence[float]) -> list[Any]:
@@ -137,10 +140,19 @@ def validate_request(
             capability="capability:pred_int",
             field="quantiles",
         )
+    times = pd.Index(y.index.get_level_values(-1).unique()).sort_values()
     try:
-        n_folds = request.splitter.build().get_n_splits(y)
+        splits = list(request.splitter.build().split(pd.Series(np.zeros(len(times)), index=times)))
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"the splitter cannot split this data: {exc}", field="splitter") from None
+        raise InvalidInput(f"the splitter yields no fold on this data: {exc}", field="splitter") from None
+    n_folds = len(splits)
+    short = [i for i, (train, test) in enumerate(splits) if len(train) < 2 or len(test) < request.splitter.horizon]
+    if short:
+        raise InvalidInput(
+            f"the splitter yields no full fold on the {len(times)} time points: fold {short[0]} would have "
+            f"{len(splits[short[0]][0])} training and {len(splits[short[0]][1])} test points",
+            field="splitter",
+        )
     if n_folds < 1:
         raise InvalidInput(
             "the splitter yields no fold on this data (window plus horizon longer than the series)",

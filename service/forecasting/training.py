@@ -13,6 +13,7 @@ import pandas as pd
 from service.datasets.sources import read_source
 from service.errors import InvalidInput
 from service.forecasting.specs import ModelSpec
+from service.jobs.dask_executor import on_dask_worker, seceded
 from service.registry.store import PublishRequest, Registry
 from service.tables import Schema, canonical_table, to_sktime
 
@@ -53,15 +54,21 @@ def fit_spec(spec: ModelSpec, training: pd.DataFrame, parallel: bool = False) ->
     table = canonical_table(training, schema, what="training data")
     y, x = to_sktime(table, schema)
     forecaster = spec.build_forecaster()
-    if parallel and y.index.nlevels > 1:
-        forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
+    panel = parallel and y.index.nlevels > 1
+    on_dask = panel and on_dask_worker()
+    if panel:
+        # per-series fits on the cluster (sktime's dask backend) inside a Dask job, else on all local cores
+        backend = ("dask", {}) if on_dask else ("loky", {"n_jobs": -1})
+        forecaster.set_config(**{"backend:parallel": backend[0], "backend:parallel:params": backend[1]})
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), seceded():  # seceded: no-op outside a Dask task
         warnings.simplefilter("ignore")
         try:
             forecaster.fit(y, X=x, fh=list(range(1, spec.horizon + 1)))
         except Exception as exc:
             raise InvalidInput(f"fitting {spec.forecaster.get('class')} failed: {type(exc).__name__}: {exc}") from exc
+    if on_dask:  # the published version predicts where no cluster is: back to local cores
+        forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
 
 

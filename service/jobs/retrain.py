@@ -112,6 +112,8 @@ def retrain(
     if production_version is not None:
         try:
             production = registry.load(name, production_version).forecaster
+            # the same parallel backend as the candidate, so the comparison costs the same
+            production.set_config(**{k: v for k, v in candidate.get_config().items() if k.startswith("backend:")})
             production_result, _ = run_backtest(production, y, x, window, schema)
             scores["production"] = production_result["aggregate"][metric]
         except ServiceError as exc:

@@ -76,7 +76,8 @@ class LocalProcessExecutor:
 
     def __init__(self) -> None:
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["service.jobs.worker"])
+        # sktime, the job code and the app module imported once: a job starts in milliseconds
+        self._context.set_forkserver_preload(["service.jobs.worker", "service.jobs.tasks", "service.app"])
 
     def start(self, job_id: str, context: WorkerContext) -> JobHandle:
         from service.jobs.worker import run_job

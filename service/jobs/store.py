@@ -336,7 +336,7 @@ class JobStore:
     def request_cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         if job.finished:
-            raise Conflict(f"job {job_id} is already {job.status}", job=job_id, status=job.status)
+            raise Conflict(f"job {job_id} is already {job.status}", job=job_id, job_status=job.status)
         self._update(job_id, jobs_table.c.status.in_(ACTIVE), cancel_requested=True)
         self.finish(job_id, None, "cancelled", error="cancelled before it started")
         return self.get(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -25,10 +26,19 @@ Progress = Callable[[str, int, int | None], None]
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when its parent dies, so no orphan finishes a job."""
+    """Linux: SIGKILL this worker when its parent (the forkserver) dies, so no orphan
+    finishes a job. The forkserver exits when the server's "alive" pipe closes, but every
+    forked child inherits that pipe's write end: close ours, or the two wait on each other."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    from multiprocessing import forkserver
+
+    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        forkserver._forkserver._forkserver_alive_fd = None
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:

@@ -401,17 +401,14 @@ def jobs_list(
     limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
 ) -> None:
     """Jobs, newest first."""
-    table = Table("id", "kind", "model", "status", "progress", "created", "error")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=32)  # whole, to paste into `jobs show`
+    table.add_column("kind", no_wrap=True, min_width=8)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("done", no_wrap=True)
+    table.add_column("model", overflow="fold")
     for job in _job_store(registry).list(model, kind, status, limit):
-        table.add_row(
-            job.id,
-            job.kind,
-            job.model,
-            job.status,
-            f"{job.stage} {job.done}/{job.total or '?'}",
-            job.created_at or "",
-            (job.error or "")[:40],
-        )
+        table.add_row(job.id, job.kind, job.status, f"{job.done}/{job.total or '?'}", job.model)
     console.print(table)
 
 

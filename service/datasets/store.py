@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,9 +22,12 @@ from typing import Any
 import pandas as pd
 from filelock import FileLock
 
-from service.errors import InvalidInput, NotFound
-from service.registry.store import atomic_write, validate_name
+from service.errors import InvalidInput, InvalidName, NotFound
+from service.registry.store import atomic_write
 from service.tables import Schema, canonical_table, fingerprint, format_time, read_parquet, write_parquet
+
+# model names are 1-64 characters; a declared source is snapshotted as "<model>.source"
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,13 @@ class DatasetStore:
         self.root = Path(data_dir).resolve() / "datasets"
 
     def _dir(self, name: str) -> Path:
-        return self.root / validate_name(name, "dataset")
+        if not isinstance(name, str) or not DATASET_NAME.match(name) or ".." in name:
+            raise InvalidName(
+                f"invalid dataset name {str(name)[:100]!r}: use 1-80 characters a-z 0-9 . _ - "
+                "starting with a letter or digit",
+                field="name",
+            )
+        return self.root / name
 
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:

@@ -9,9 +9,9 @@ path and nothing is evaluated.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,13 +58,21 @@ def _factories() -> dict[str, Any]:
     return {"make_reduction": make_reduction}
 
 
-@functools.cache
+_ALLOW_LIST: dict[str, Callable[..., Any]] = {}
+_ALLOW_LIST_LOCK = threading.Lock()
+
+
 def allow_list() -> dict[str, Callable[..., Any]]:
-    """Every class or factory a spec may name, by bare name (built once per process)."""
-    allowed: dict[str, Callable[..., Any]] = {}
-    for source in (_sklearn_regressors, _sktime_estimators, _boosters, _factories):
-        allowed.update(source())
-    return allowed
+    """Every class or factory a spec may name, by bare name (built once per process, under
+    a lock: sktime's registry crawl imports modules and mutes stdout, neither thread-safe)."""
+    if not _ALLOW_LIST:
+        with _ALLOW_LIST_LOCK:
+            if not _ALLOW_LIST:
+                allowed: dict[str, Callable[..., Any]] = {}
+                for source in (_sklearn_regressors, _sktime_estimators, _boosters, _factories):
+                    allowed.update(source())
+                _ALLOW_LIST.update(allowed)
+    return _ALLOW_LIST
 
 
 def qualified_name(obj: Any) -> str:

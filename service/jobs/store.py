@@ -39,7 +39,7 @@ jobs_table = sa.Table(
     sa.Column("params", sa.Text, nullable=False),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
-    sa.Column("idempotency_key", sa.String(255), nullable=True, unique=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),  # the key that created it
     sa.Column("request_hash", sa.String(64), nullable=True),
     # an active retrain per model: unique, so two triggers cannot both insert one
     sa.Column("active_slot", sa.String(100), nullable=True, unique=True),
@@ -49,6 +49,17 @@ jobs_table = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# every Idempotency-Key ever answered, with the job it was answered with (several keys may
+# name one job: a key that arrived while that retrain was already running)
+keys_table = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 
@@ -193,12 +204,22 @@ class JobStore:
             "cancel_requested": False,
             "created_at": now(),
         }
+        if idempotency_key is not None:
+            known = self._by_key(idempotency_key, request_hash)
+            if known is not None:
+                return known, False
         try:
-            with self.engine.begin() as conn:
+            with self.engine.begin() as conn:  # the job and its key in one transaction
                 conn.execute(jobs_table.insert().values(**row))
+                if idempotency_key is not None:
+                    conn.execute(keys_table.insert().values(**self._key_row(idempotency_key, job_id, request_hash)))
         except sa.exc.IntegrityError:
-            existing = self._existing(kind, model, idempotency_key, exclusive)
-            if existing is None:  # the competing row finished in between: try once more
+            if idempotency_key is not None:
+                known = self._by_key(idempotency_key, request_hash)
+                if known is not None:  # the same key won a race
+                    return known, False
+            active = self._active(kind, model) if exclusive else None
+            if active is None:  # the competing job finished in between: try again
                 return self.create(
                     kind,
                     model,
@@ -208,31 +229,41 @@ class JobStore:
                     request_hash=request_hash,
                     exclusive=exclusive,
                 )
-            same_key = idempotency_key is not None and existing.idempotency_key == idempotency_key
-            if same_key and request_hash is not None and existing.request_hash != request_hash:
-                raise InvalidInput(
-                    f"Idempotency-Key {idempotency_key!r} was used with a different request body",
-                    field="Idempotency-Key",
-                    job=existing.id,
-                ) from None
-            return existing, False
+            if idempotency_key is not None:  # remember that this key was answered with that job
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            keys_table.insert().values(**self._key_row(idempotency_key, active.id, request_hash))
+                        )
+                except sa.exc.IntegrityError:
+                    known = self._by_key(idempotency_key, request_hash)
+                    return (known or active), False
+            return active, False
         return self.get(job_id), True
 
-    def _existing(self, kind: str, model: str, key: str | None, exclusive: bool) -> Job | None:
+    @staticmethod
+    def _key_row(key: str, job_id: str, request_hash: str | None) -> dict[str, Any]:
+        return {"key": key, "job_id": job_id, "request_hash": request_hash, "created_at": now()}
+
+    def _by_key(self, key: str, request_hash: str | None) -> Job | None:
+        """The job a key was answered with; a different request body is a 422."""
         with self.engine.connect() as conn:
-            if key is not None:
-                row = conn.execute(sa.select(jobs_table).where(jobs_table.c.idempotency_key == key)).mappings().first()
-                if row is not None:
-                    return Job.from_row(row)
-            if exclusive:
-                row = (
-                    conn.execute(sa.select(jobs_table).where(jobs_table.c.active_slot == f"{kind}:{model}"))
-                    .mappings()
-                    .first()
-                )
-                if row is not None:
-                    return Job.from_row(row)
-        return None
+            row = conn.execute(sa.select(keys_table).where(keys_table.c.key == key)).mappings().first()
+        if row is None:
+            return None
+        if request_hash is not None and row["request_hash"] != request_hash:
+            raise InvalidInput(
+                f"Idempotency-Key {key!r} was used with a different request body",
+                field="Idempotency-Key",
+                job=row["job_id"],
+            )
+        return self.get(row["job_id"])
+
+    def _active(self, kind: str, model: str) -> Job | None:
+        query = sa.select(jobs_table).where(jobs_table.c.active_slot == f"{kind}:{model}")
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return Job.from_row(row) if row is not None else None
 
     # ------------------------------------------------------------------ read
     def get(self, job_id: str) -> Job:

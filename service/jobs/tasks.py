@@ -8,6 +8,7 @@ from typing import Any
 
 from service.datasets.store import DatasetStore
 from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.specs import allow_list
 from service.jobs.backtests import backtest_data
 from service.jobs.runner import WorkerContext
 from service.jobs.store import Job
@@ -76,3 +77,7 @@ def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dic
         sql_url=context.sql_url,
         progress=progress,
     )
+
+
+# imported by the forkserver before any job: every job process inherits the built allow-list
+allow_list()

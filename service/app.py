@@ -15,6 +15,7 @@ from service.api import problems
 from service.api.fastlane import PredictFastLane
 from service.api.limits import BodySizeLimit
 from service.api.routes import backtests, datasets, health, jobs, models, predict
+from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
 from service.observability import RequestObserver
 from service.runtime import Runtime
@@ -28,6 +29,17 @@ def quiet_sktime_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*remember_data.*", category=FutureWarning)
 
 
+def prepare(runtime: Runtime) -> None:
+    """First start: train models that have no version yet (if asked), then load the registry."""
+    if runtime.settings.train_missing:
+        runtime.training = True
+        try:
+            train_missing(runtime.registry)
+        finally:
+            runtime.training = False
+    runtime.cache.refresh()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     quiet_sktime_warnings()
@@ -37,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.stop.clear()
         await asyncio.to_thread(runtime.registry.cleanup_staging)
-        initial = asyncio.create_task(asyncio.to_thread(runtime.cache.refresh))
+        initial = asyncio.create_task(asyncio.to_thread(prepare, runtime))
         watcher = asyncio.create_task(runtime.cache.watch(settings.poll_interval, runtime.stop))
         runner = asyncio.create_task(runtime.runner.run(runtime.stop))
         tasks = [initial, watcher, runner]

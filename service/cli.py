@@ -116,18 +116,22 @@ def serve(
             settings.host,
         )
     _check_port_free(settings.host, settings.port)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if train_missing or settings.train_missing:
+        from service.forecasting.training import models_without_versions
+
         reg = _registry(settings.registry)
         reg.cleanup_staging()
-        missing = [n for n in reg.list_models() if reg.read_spec_raw(n) is not None and not reg.list_versions(n)]
-        if missing:
+        missing = models_without_versions(reg)
+        if missing and sys.stderr.isatty():  # a person at a terminal: progress bars, then serve
             err_console.print(f"training {len(missing)} model(s) without a version: {', '.join(missing)}")
             try:
                 train_models(reg, missing)
             except ServiceError as exc:
                 _fail(exc)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        elif missing:  # containers, CI: serve /healthz at once, train in the background (/readyz 503 until done)
+            settings = settings.model_copy(update={"train_missing": True})
     if workers > 1:
         err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers)

@@ -81,6 +81,7 @@ class Runtime:
     keys: KeyRing
     metrics: Metrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    training: bool = False  # first-start training of models without versions is running
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FORECAST_", extra="ignore")
+    # an empty variable counts as unset: FORECAST_API_KEYS= must not mean "no keys, open"
+    model_config = SettingsConfigDict(env_prefix="FORECAST_", extra="ignore", env_ignore_empty=True)
 
     registry: Path = Field(default=Path("models"), description="Model registry folder")
     host: str = Field(default="127.0.0.1", description="Address `serve` binds to")
@@ -82,6 +83,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_open_server_off_loopback(self) -> Settings:
+        if self.api_keys is not None and not self.api_keys.get_secret_value().strip():
+            self.api_keys = None  # blank keys are no keys
         if self.api_keys is None and self.api_keys_file is None and not self.insecure and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve on {self.host} without API keys: set FORECAST_API_KEYS='admin:<key>,read:<key>' "

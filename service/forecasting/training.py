@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from service.datasets.sources import read_source
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ServiceError
 from service.forecasting.specs import ModelSpec
 from service.jobs.dask_executor import on_dask_worker, seceded
 from service.registry.store import PublishRequest, Registry
@@ -109,3 +110,30 @@ def train_and_publish(
     if promote:
         registry.set_alias(name, "production", version)
     return version
+
+
+def models_without_versions(registry: Registry) -> list[str]:
+    return [
+        n for n in registry.list_models() if registry.read_spec_raw(n) is not None and not registry.list_versions(n)
+    ]
+
+
+def train_missing(registry: Registry) -> dict[str, int]:
+    """Train every model that has a spec but no version (the demo registry's first start),
+    logging each stage; a model that fails is logged and skipped."""
+    log = logging.getLogger(__name__)
+    published: dict[str, int] = {}
+    names = models_without_versions(registry)
+    for i, name in enumerate(names, start=1):
+        started = time.perf_counter()
+        try:
+            published[name] = train_and_publish(
+                registry,
+                name,
+                progress=lambda stage, name=name, i=i: log.info("training %s (%d/%d): %s", name, i, len(names), stage),
+            )
+        except ServiceError as exc:
+            log.error("training %s failed: %s", name, exc.detail)
+            continue
+        log.info("trained %s v%d in %.1fs", name, published[name], time.perf_counter() - started)
+    return published

@@ -22,8 +22,10 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: registry scanned and every production version loaded",
     responses={503: {"description": "Not ready yet, with the reason per model"}},
 )
-async def readyz(cache: CacheDep) -> Response:
+async def readyz(cache: CacheDep, runtime: RuntimeDep) -> Response:
     ready, problems = cache.is_ready()
+    if runtime.training:
+        ready, problems = False, {**problems, "training": "training models that have no version yet"}
     body = {"status": "ready" if ready else "not ready", "models": cache.names(), "problems": problems}
     return Response(encode_json(body), status_code=200 if ready else 503, media_type="application/json")
 

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     def _no_open_server_off_loopback(self) -> Settings:
         if self.api_keys is not None and not self.api_keys.get_secret_value().strip():
             self.api_keys = None  # blank keys are no keys
+        from service.security import parse_keys
+
+        if self.api_keys is not None:
+            parse_keys(self.api_keys.get_secret_value(), "FORECAST_API_KEYS")
+        if self.api_keys_file is not None:
+            try:
+                parse_keys(
+                    Path(self.api_keys_file).read_text(encoding="utf-8"), f"FORECAST_API_KEYS_FILE {self.api_keys_file}"
+                )
+            except OSError as exc:
+                raise ValueError(f"FORECAST_API_KEYS_FILE {self.api_keys_file}: {exc.strerror}") from None
         if self.api_keys is None and self.api_keys_file is None and not self.insecure and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve on {self.host} without API keys: set FORECAST_API_KEYS='admin:<key>,read:<key>' "

@@ -67,7 +67,7 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
         row = int(np.flatnonzero(series.isna().to_numpy())[0])
         raise InvalidTable(f"column '{column}' has a missing time at row {row}", column=column, row=row)
     if freq is None:
-        if pd.api.types.is_integer_dtype(series.dtype):
+        if pd.api.types.is_integer_dtype(series.dtype) and (series.abs() < INT_TIME_LIMIT).all():
             return pd.Index(series.to_numpy(dtype="int64"))
         bad = [i for i, v in enumerate(series) if not _is_integer(v)]
         if bad:
@@ -96,7 +96,7 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pd.PeriodIndex(stamps, freq=freq)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, AttributeError):  # AttributeError: mixed UTC offsets
         pass
     try:
         return pd.PeriodIndex(series.tolist(), freq=freq)
@@ -111,12 +111,15 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
         raise InvalidTable(f"column '{column}' has unparseable times", column=column) from None
 
 
+INT_TIME_LIMIT = 2**62  # integer time steps beyond this do not fit pandas' int64 arithmetic
+
+
 def _is_integer(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int | np.integer):
-        return True
-    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+        return abs(int(value)) < INT_TIME_LIMIT
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < INT_TIME_LIMIT
 
 
 def format_times(index: pd.Index) -> np.ndarray:

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from service import errors
 from service.tables import encode_json
@@ -16,6 +17,34 @@ from service.tables import encode_json
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}}
+
+
+# every protected router documents these (RFC 9457 problem+json); 422 replaces FastAPI's default
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _problem_response("A body that cannot be parsed at all (not UTF-8, not JSON)"),
+    401: _problem_response("Missing or invalid API key"),
+    403: _problem_response("The key's role may not do this"),
+    404: _problem_response("Unknown model, version, alias, series, job or dataset"),
+    409: _problem_response("Conflict with the current state (a version that cannot load, a finished job)"),
+    413: _problem_response("Body over the size limit"),
+    422: _problem_response("Invalid request: the detail names the field"),
+    503: _problem_response("Not ready, or a live forecast over its time limit (Retry-After)"),
+}
 
 # most specific first: the first matching class wins
 STATUS_BY_ERROR: list[tuple[type[errors.ServiceError], int]] = [
@@ -76,15 +105,23 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return problem(422, "Invalid request", detail, field=issues[0]["field"] if issues else None, errors=issues)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large", 401: "Unauthorized"}
-    return problem(
-        exc.status_code,
-        titles.get(exc.status_code, "HTTP error"),
-        str(exc.detail),
-        headers=dict(exc.headers) if exc.headers else None,
-    )
+    titles = {400: "Malformed request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; list every method
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), str(exc.detail), headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:

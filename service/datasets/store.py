@@ -63,13 +63,20 @@ class Roles:
                 freq = pd.PeriodIndex([], freq=freq).freqstr
             except (TypeError, ValueError, AttributeError):
                 raise InvalidInput(f"'{freq}' is not a pandas period frequency", field="freq") from None
-        return cls(
+        roles = cls(
             keys=tuple(raw.get("keys") or ()),
             time=str(raw["time"]),
             targets=tuple(raw["targets"]),
             exogenous=tuple(raw.get("exogenous") or ()),
             freq=freq,
         )
+        columns = [*roles.keys, roles.time, *roles.targets, *roles.exogenous]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise InvalidInput(
+                f"column(s) {repeated} named twice in the roles (keys, time, targets, exogenous)", field="roles"
+            )
+        return roles
 
 
 class DatasetStore:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from service.errors import InvalidInput
 from service.forecasting.served import Limits, PredictQuery, ServedVersion
 from service.tables import TOTAL, interval_columns, parse_times, to_sktime
 
@@ -21,6 +22,8 @@ def forecast_png(registry: Any, served: ServedVersion, query: PredictQuery, limi
     """History (from the version's training table) and the forecast for chosen series."""
     schema = served.schema
     series = query.series
+    if series is not None and not schema.keys:
+        raise InvalidInput(f"{served.name} forecasts a single series; drop 'series'", field="series")
     if series is None:
         series = ((TOTAL,) * len(schema.keys),) if schema.kind == "hierarchical" else (served.series[0],)
     series = series[:MAX_SERIES_IN_PLOT]

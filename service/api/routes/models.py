@@ -6,8 +6,10 @@ from fastapi import APIRouter, Header, Path, Request
 from starlette.responses import Response
 
 from service.api.deps import AdminAccess, CacheDep, ReadAccess, RegistryDep, RuntimeDep
+from service.api.problems import PROBLEM_RESPONSES
 from service.jobs.retrains import submit_retrain
 from service.registry import catalog
+from service.registry.store import ALIAS_PATTERN, NAME_PATTERN
 from service.schemas.datasets import RetrainBody
 from service.schemas.jobs import JobOut
 from service.schemas.models import AliasResult, AliasUpdate, ModelDetail, ModelList
@@ -15,9 +17,10 @@ from service.tables import encode_json
 
 PROBLEM = {"content": {"application/problem+json": {}}}
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[ReadAccess])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
 
-ModelName = Annotated[str, Path(description="Model name", examples=["airline"])]
+ModelName = Annotated[str, Path(description="Model name", examples=["airline"], pattern=NAME_PATTERN.pattern)]
+AliasName = Annotated[str, Path(description="Alias name", examples=["production"], pattern=ALIAS_PATTERN.pattern)]
 
 
 @router.get("", response_model=ModelList, summary="List models")
@@ -42,7 +45,7 @@ async def get_version(name: ModelName, version: Annotated[int, Path(ge=1)], regi
     dependencies=[AdminAccess],
 )
 async def put_alias(
-    name: ModelName, alias: str, body: AliasUpdate, runtime: RuntimeDep, cache: CacheDep
+    name: ModelName, alias: AliasName, body: AliasUpdate, runtime: RuntimeDep, cache: CacheDep
 ) -> AliasResult:
     aliases = await runtime.run_blocking(catalog.move_alias, runtime.registry, cache, name, alias, body.version)
     return AliasResult(model=name, alias=alias, version=body.version, aliases=aliases)

@@ -70,10 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             runtime.stop.set()
             runtime.runner.wake()
-            for task in tasks:
-                with contextlib.suppress(Exception):
-                    await task
+            # running jobs first: they must never be left `running` (marked interrupted)
             await asyncio.to_thread(runtime.runner.shutdown)
+            # then the loops, briefly: a scan or first-start training in a thread is not waited for
+            done, _ = await asyncio.wait(tasks, timeout=2.0)
+            for task in done:
+                with contextlib.suppress(Exception):
+                    task.result()
             runtime.jobs.dispose()
             runtime.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -137,8 +137,9 @@ def serve(
         err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers)
     else:
-        uvicorn.run(
-            create_app(settings),
+        application = create_app(settings)
+        config = uvicorn.Config(
+            application,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
@@ -146,12 +147,36 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=int(settings.shutdown_timeout),
         )
+        BoundedShutdownServer(config, settings.shutdown_timeout + 5.0, application.state.runtime.runner).run()
         # in-flight sktime threads were given FORECAST_SHUTDOWN_TIMEOUT; do not wait for them
         # at interpreter exit (their answers have nowhere to go): exit now, cleanly
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+class BoundedShutdownServer:
+    """uvicorn's server, with a watchdog armed at the first SIGTERM/SIGINT: in-flight requests
+    get the graceful timeout, cleanup a few seconds more, then the process exits (0) even
+    if a sktime call or a database lock still holds a thread."""
+
+    def __new__(cls, config: Any, limit: float, runner: Any) -> Any:
+        import threading
+
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if not self.should_exit:
+                    watchdog = threading.Timer(limit, lambda: os._exit(0))
+                    watchdog.daemon = True
+                    watchdog.start()
+                    # this process's jobs end now (failed: interrupted), not after the drain
+                    threading.Thread(target=runner.shutdown, name="jobs-shutdown", daemon=True).start()
+                super().handle_exit(sig, frame)
+
+        return _Server(config)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -209,9 +209,18 @@ class JobRunner:
 
     def shutdown(self, mark: str = "failed") -> None:
         """Stop local workers; their jobs are failed (interrupted) so none stays running."""
-        with self._lock:
+        error = "interrupted: the service shut down"
+        try:  # the record first: whatever happens to the workers next, no job stays `running`
+            self.store.fail_owned(self.owner, error)
+        except Exception:  # the database may be gone too; the next start fails them as stale
+            log.exception("could not mark this process's jobs interrupted")
+        locked = self._lock.acquire(timeout=1.0)  # a tick stuck on the database must not hold shutdown
+        try:
             for job_id, handle in list(self.handles.items()):
                 handle.cancel()
                 self.store.finish(job_id, self.owner, mark, error="interrupted: the service shut down")
             self.handles.clear()
+        finally:
+            if locked:
+                self._lock.release()
         self.executor.shutdown()

@@ -379,6 +379,16 @@ class JobStore:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(query)]
 
+    def fail_owned(self, owner: str, error: str) -> int:
+        """Every job still running under ``owner`` -> failed (the owner is shutting down)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.status == "running", jobs_table.c.owner == owner)
+                .values(status="failed", stage="failed", error=error, finished_at=now(), active_slot=None)
+            )
+        return result.rowcount
+
     def fail_interrupted(self, stale_after: float, own_host_dead: Any = None) -> list[str]:
         """Mark `running` jobs whose owner stopped beating (or died on this host) as
         failed: interrupted. Returns their ids."""

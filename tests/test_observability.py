@@ -38,9 +38,11 @@ def test_metrics_move_after_a_predict_and_a_failed_request(registry_path: Path) 
         assert client.post("/v1/models/airline/predict", json={"horizon": "x"}).status_code == 422
         assert client.post("/v1/models/nope/predict", json={}).status_code == 404
         after = client.get("/metrics").text
-    assert metric_value(after, "forecast_predictions_total", model="airline", version="1") - metric_value(
-        before, "forecast_predictions_total", model="airline", version="1"
-    ) == 2
+    assert (
+        metric_value(after, "forecast_predictions_total", model="airline", version="1")
+        - metric_value(before, "forecast_predictions_total", model="airline", version="1")
+        == 2
+    )
     assert metric_value(after, "forecast_fast_path_total", model="airline", path="fast") == 1
     assert metric_value(after, "forecast_fast_path_total", model="airline", path="cache") == 1
     route = "/v1/models/{name}/predict"

@@ -180,14 +180,6 @@ class _ProgressSplitter:
         return self.inner
 
 
-def _series_keys(frame: pd.DataFrame) -> list[tuple[str, ...]]:
-    if frame.index.nlevels == 1:
-        return [()]
-    return [
-        tuple(str(k) for k in (key if isinstance(key, tuple) else (key,))) for key in frame.index.droplevel(-1).unique()
-    ]
-
-
 def _per_series(metric: Any, y_test: pd.DataFrame, y_pred: Any, y_train: pd.DataFrame) -> dict[tuple[str, ...], Any]:
     if y_test.index.nlevels == 1:
         return {(): _score(metric, y_test, y_pred, y_train)}

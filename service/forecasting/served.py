@@ -44,12 +44,6 @@ class PredictQuery:
     def needs_live(self) -> bool:
         return self.exogenous is not None or self.observations is not None
 
-    def cache_key(self) -> tuple[Any, ...] | None:
-        """A hashable key for requests whose answer depends only on the version."""
-        if self.needs_live:
-            return None
-        return (self.horizon, self.fh, self.timestamps, self.series, self.coverage, self.quantiles)
-
 
 @dataclass(frozen=True)
 class Limits:

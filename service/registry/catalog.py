@@ -82,8 +82,8 @@ def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, ver
     try:
         cache.get(name, version=version)
     except VersionLoadError:
-        raise
-    except ServiceError as exc:
+        raise  # already says why
+    except ServiceError as exc:  # e.g. an integrity error: refused the same way
         raise VersionLoadError(
             f"{name} v{version} cannot be served: {exc.detail}", model=name, version=version
         ) from exc

@@ -209,10 +209,6 @@ class Registry:
                 found.append(int(entry.name))
         return sorted(found)
 
-    def latest_version(self, name: str) -> int | None:
-        versions = self.list_versions(name)
-        return versions[-1] if versions else None
-
     # ------------------------------------------------------------------ spec
     def spec_path(self, name: str) -> Path:
         return self.model_dir(name) / SPEC_FILE

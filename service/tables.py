@@ -90,13 +90,17 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
             row=first,
         )
     try:
-        stamps = pd.to_datetime(series, format="ISO8601", utc=False)
+        with warnings.catch_warnings():
+            # pandas warns (and will raise) on mixed UTC offsets; those take the per-value
+            # path below, which keeps each time's wall clock like a single offset does
+            warnings.simplefilter("error", FutureWarning)
+            stamps = pd.to_datetime(series, format="ISO8601", utc=False)
         if getattr(stamps.dt, "tz", None) is not None:
             stamps = stamps.dt.tz_localize(None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pd.PeriodIndex(stamps, freq=freq)
-    except (ValueError, TypeError, OverflowError, AttributeError):  # AttributeError: mixed UTC offsets
+    except (ValueError, TypeError, OverflowError, AttributeError, FutureWarning):
         pass
     try:
         return pd.PeriodIndex(series.tolist(), freq=freq)

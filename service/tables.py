@@ -129,10 +129,9 @@ def _is_integer(value: Any) -> bool:
 def format_times(index: pd.Index) -> np.ndarray:
     """Times for the wire: ISO 8601 (period start), integers for integer indices."""
     if isinstance(index, pd.PeriodIndex):
-        starts = index.start_time
-        if (starts == starts.normalize()).all():
-            return np.asarray(starts.strftime("%Y-%m-%d"), dtype=object)
-        return np.asarray(starts.strftime("%Y-%m-%dT%H:%M:%S"), dtype=object)
+        starts = index.start_time.values  # numpy formats ~50x faster than strftime
+        whole_days = (starts == starts.astype("datetime64[D]")).all()
+        return np.datetime_as_string(starts, unit="D" if whole_days else "s").astype(object)
     if isinstance(index, pd.DatetimeIndex):
         return np.asarray([t.isoformat() for t in index], dtype=object)
     return np.asarray(index, dtype="int64")

@@ -3,6 +3,7 @@ the live path through sktime (serialised per version, or on a private copy)."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,9 @@ class PredictQuery:
     @property
     def needs_live(self) -> bool:
         return self.exogenous is not None or self.observations is not None
+
+
+KEEP_PICKLE_BYTES = 16 * 2**20  # larger models are pickled per live request, not kept twice
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class ServedVersion:
         self.schema = Schema.from_dict(manifest["schema"])
         self.forecaster = forecaster
         self.lock = threading.Lock()
+        self._pickled: bytes | None = None
         self.cutoff = cutoff_of(forecaster)
         self.cutoff_text = format_time(self.cutoff)
         self.capabilities = manifest.get("capabilities", {})
@@ -136,6 +141,17 @@ class ServedVersion:
             if precomputed is not None
             else None
         )
+
+    def _private_forecaster(self) -> Any:
+        """A copy a live request may update. Small models keep their pickle after the first
+        copy, so later copies only unpickle (the served model never mutates)."""
+        pickled = self._pickled
+        if pickled is None:
+            with self.lock:  # copy while no live predict is writing to it
+                pickled = pickle.dumps(self.forecaster, protocol=pickle.HIGHEST_PROTOCOL)
+            if len(pickled) <= KEEP_PICKLE_BYTES:
+                self._pickled = pickled
+        return pickle.loads(pickled)
 
     # ------------------------------------------------------------------ facts
     def _series_ids(self) -> list[tuple[str, ...]]:
@@ -324,8 +340,7 @@ class ServedVersion:
         steps = self._steps(query, new_cutoff, limits)
         x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
         coverage, quantiles = list(query.coverage), list(query.quantiles)
-        with self.lock:  # copy while no live predict is writing to it; the served model never mutates
-            private = private_copy(self.forecaster)
+        private = self._private_forecaster()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -25,9 +25,10 @@ install-dev: $(VENV)/.installed-dev
 run: $(VENV)/.installed
 	$(BIN)/forecast-service serve --train-missing
 
-## lint, then the whole test suite
+## lint and type-check, then the whole test suite
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check service tests bench
+	$(BIN)/mypy service
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev

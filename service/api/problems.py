@@ -35,6 +35,9 @@ def _problem_response(description: str) -> dict[str, Any]:
 
 
 # every protected router documents these (RFC 9457 problem+json); 422 replaces FastAPI's default
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+"""An operation's own problem response in OpenAPI (description from the shared table)."""
+
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _problem_response("A body that cannot be parsed at all (not UTF-8, not JSON)"),
     401: _problem_response("Missing or invalid API key"),

@@ -94,7 +94,7 @@ def retrain(
     else:
         data_ref = {"dataset": spec.data.source["dataset"], "version": version_read}
     say("fitting", 0, None)
-    fitted = fit_spec(spec, raw, parallel=True)
+    fitted = fit_spec(spec, raw, parallel=True, progress=lambda done, total: say("fitting", done, total))
     candidate, table, y, x = fitted.forecaster, fitted.training, fitted.y, fitted.x
     unfitted = candidate.clone()
     fit_seconds, n_series = fitted.fit_seconds, fitted.series_count

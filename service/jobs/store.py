@@ -101,7 +101,7 @@ class Job:
     finished_at: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
         return cls(
             id=row["id"],
             kind=row["kind"],
@@ -160,6 +160,9 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+JobIds = list[str]  # named outside JobStore, whose list() method shadows the builtin there
 
 
 class JobStore:
@@ -309,7 +312,7 @@ class JobStore:
             heartbeat_at=stamp,
         )
 
-    def queued_ids(self, limit: int) -> list[str]:
+    def queued_ids(self, limit: int) -> JobIds:
         query = (
             sa.select(jobs_table.c.id)
             .where(jobs_table.c.status == "queued")
@@ -327,7 +330,7 @@ class JobStore:
         moved = self._update(job_id, sa.and_(jobs_table.c.status == "running", jobs_table.c.owner == owner), **values)
         return moved and not self.get(job_id).cancel_requested
 
-    def heartbeat(self, job_ids: list[str], owner: str) -> None:
+    def heartbeat(self, job_ids: JobIds, owner: str) -> None:
         if not job_ids:
             return
         with self.engine.begin() as conn:
@@ -372,7 +375,7 @@ class JobStore:
         self.finish(job_id, None, "cancelled", error="cancelled before it started")
         return self.get(job_id)
 
-    def cancel_requested(self, job_ids: list[str]) -> list[str]:
+    def cancel_requested(self, job_ids: JobIds) -> JobIds:
         if not job_ids:
             return []
         query = sa.select(jobs_table.c.id).where(jobs_table.c.id.in_(job_ids), jobs_table.c.cancel_requested.is_(True))
@@ -389,7 +392,7 @@ class JobStore:
             )
         return result.rowcount
 
-    def fail_interrupted(self, stale_after: float, own_host_dead: Any = None) -> list[str]:
+    def fail_interrupted(self, stale_after: float, own_host_dead: Any = None) -> JobIds:
         """Mark `running` jobs whose owner stopped beating (or died on this host) as
         failed: interrupted. Returns their ids."""
         limit = now() - timedelta(seconds=stale_after)

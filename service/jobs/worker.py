@@ -38,7 +38,7 @@ def _die_with_parent() -> None:
     if alive is not None:
         with contextlib.suppress(OSError):
             os.close(alive)
-        forkserver._forkserver._forkserver_alive_fd = None
+        setattr(forkserver._forkserver, "_forkserver_alive_fd", None)  # noqa: B010 (private attribute)
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:

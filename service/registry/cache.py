@@ -166,7 +166,7 @@ class ModelCache:
     def _evict(self) -> None:
         """Drop loaded versions that no alias serves, beyond the LRU budget."""
         while len(self._recent) > self.extra_versions:
-            name, version = self._recent.popitem(last=False)
+            (name, version), _ = self._recent.popitem(last=False)
             state = self._models.get(name)
             if state is None or version in state.serving.values():
                 continue

@@ -8,13 +8,12 @@ from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
-from service.api.problems import PROBLEM_RESPONSES
+from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.jobs.backtests import submit_backtest
 from service.schemas.jobs import BacktestBody, JobOut
 from service.tables import encode_json
 
 router = APIRouter(prefix="/v1/models", tags=["backtests"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
-PROBLEM = {"content": {"application/problem+json": {}}}
 
 
 @router.post(

@@ -5,12 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 
 from service.api.deps import AdminAccess, ReadAccess, RuntimeDep
-from service.api.problems import PROBLEM_RESPONSES
+from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.datasets import uploads
 from service.schemas.datasets import DatasetInfo, DatasetList
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
-PROBLEM = {"content": {"application/problem+json": {}}}
 TABLE_BODY = {
     "content": {
         "text/csv": {"schema": {"type": "string"}},

@@ -8,12 +8,11 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from service.api.deps import AdminAccess, JobsDep, ReadAccess, RuntimeDep
-from service.api.problems import PROBLEM_RESPONSES
+from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.forecasting import plots
 from service.schemas.jobs import JobList, JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
-PROBLEM = {"content": {"application/problem+json": {}}}
 
 
 @router.get("", response_model=JobList, summary="Jobs, newest first")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Path, Request
 from starlette.responses import Response
 
 from service.api.deps import AdminAccess, CacheDep, ReadAccess, RegistryDep, RuntimeDep
-from service.api.problems import PROBLEM_RESPONSES
+from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.jobs.retrains import submit_retrain
 from service.registry import catalog
 from service.registry.store import ALIAS_PATTERN, NAME_PATTERN
@@ -14,8 +14,6 @@ from service.schemas.datasets import RetrainBody
 from service.schemas.jobs import JobOut
 from service.schemas.models import AliasResult, AliasUpdate, ModelDetail, ModelList
 from service.tables import encode_json
-
-PROBLEM = {"content": {"application/problem+json": {}}}
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
 

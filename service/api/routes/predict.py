@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
 from service.api.fastlane import ARROW, CSV, JSON, negotiate
-from service.api.problems import PROBLEM_RESPONSES
+from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.forecasting import plots
 from service.forecasting.served import PredictQuery, ServedVersion
 from service.runtime import CachedAnswer, Runtime
@@ -15,8 +15,6 @@ from service.schemas.predict import PredictRequest, PredictResponse, normalize_s
 from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
 router = APIRouter(prefix="/v1/models", tags=["predict"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
-
-PROBLEM = {"content": {"application/problem+json": {}}}
 
 
 @router.post(

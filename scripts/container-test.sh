@@ -26,8 +26,13 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SMOKE=${CONTAINER_SMOKE:-$REPO/../shared/tools/container-smoke.sh}
-[ -f "$SMOKE" ] || { echo "container-smoke.sh not found at $SMOKE (shared/ beside the checkout; or set CONTAINER_SMOKE)" >&2; exit 2; }
+SMOKE=${CONTAINER_SMOKE:-}
+if [ -z "$SMOKE" ]; then  # shared/ beside the checkout, else the workplace's own
+  for candidate in "$REPO/../shared/tools/container-smoke.sh" /work/shared/tools/container-smoke.sh; do
+    [ -f "$candidate" ] && { SMOKE=$candidate; break; }
+  done
+fi
+[ -n "$SMOKE" ] && [ -f "$SMOKE" ] || { echo "container-smoke.sh not found beside the checkout ($REPO/../shared/tools) nor in /work/shared/tools; set CONTAINER_SMOKE" >&2; exit 2; }
 
 export IMAGE=${IMAGE:-localhost/forecast-service:ci}
 export HPORT=${HPORT:-18080} CPORT=8000 HEALTH_PATH=/healthz

@@ -1,5 +1,5 @@
-"""Progress of a panel fit counts series as sktime's per-series fits finish (a counting
-joblib backend under sktime's loky backend); the fitted model is the same as sktime's."""
+"""Progress of a panel fit counts series as the chunks of per-series fits finish; the
+fitted model is the same as sktime's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 from sktime.forecasting.theta import ThetaForecaster
 
 from service.datasets.store import DatasetStore
@@ -42,11 +41,6 @@ def spec(source: dict[str, Any]) -> dict[str, Any]:
         "horizon": 6,
         "forecaster": {"class": "ThetaForecaster", "params": {"sp": 12}},
     }
-
-
-@pytest.fixture(autouse=True)
-def report_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "FIT_REPORT_EVERY_S", 0.0)
 
 
 def assert_counts_series(fitting: list[tuple[int, int | None]]) -> None:

@@ -6,18 +6,32 @@ Its loky backend ships every series and every fitted clone as a task of its own,
 each worker fits a whole chunk with sktime's own serial vectorisation, and the fitted
 object is assembled exactly as `BaseForecaster.fit` does it, with the chunks' per-series
 forecasters in sktime's order. Tests compare every output with sktime's own fit.
+
+Workers are forked from this process when it runs no other thread (a job's worker
+process): they start at once with sktime imported, where fresh loky workers spend seconds
+importing it. A process with threads (a server) could fork a child holding a lock, so it
+starts loky's fresh workers. Each worker's BLAS runs one thread: two workers with two
+BLAS threads each ran 2-3x slower on two cores.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, cpu_count, delayed
+from joblib import cpu_count
+from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
 from sktime.datatypes._vectorize import VectorizedDF
+from threadpoolctl import threadpool_limits
+
+from service.processes import die_with_parent
 
 FitProgress = Callable[[int, int], None]  # (series fitted, series in all)
 CHUNKS_PER_CORE = 4  # smaller chunks even out the cores' finish times and report progress more often
@@ -44,13 +58,20 @@ def fit_in_chunks(
 
     fitted: dict[int, pd.DataFrame] = {}
     done = 0
-    tasks = (delayed(_fit_chunk)(i, forecaster, select(y, part), select(x, part), fh) for i, part in enumerate(parts))
-    with Parallel(n_jobs=-1, backend="loky", return_as="generator_unordered") as parallel:
-        for index, forecasters in parallel(tasks):
-            fitted[index] = forecasters
-            done += len(parts[index])
-            if progress is not None:
-                progress(done, len(rows))
+    with _workers() as pool:
+        futures = [
+            pool.submit(_fit_chunk, i, forecaster, select(y, part), select(x, part), fh) for i, part in enumerate(parts)
+        ]
+        try:
+            for future in as_completed(futures):
+                index, forecasters = future.result()
+                fitted[index] = forecasters
+                done += len(parts[index])
+                if progress is not None:
+                    progress(done, len(rows))
+        finally:
+            for future in futures:
+                future.cancel()
 
     # what BaseForecaster.fit does around its vectorised fit, on the whole panel
     assembled._update_y_X(y_inner, x_inner)
@@ -62,9 +83,25 @@ def fit_in_chunks(
     return assembled
 
 
+def can_fork() -> bool:
+    """Forking is safe only where no other thread could hold a lock the child inherits."""
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+@contextlib.contextmanager
+def _workers() -> Iterator[Executor]:
+    if can_fork():
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(cpu_count(), mp_context=context, initializer=die_with_parent) as pool:
+            yield pool
+    else:
+        with LokyExecutor(cpu_count(), initializer=die_with_parent) as pool:
+            yield pool
+
+
 def _fit_chunk(index: int, forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None, fh: Any) -> tuple[int, Any]:
     """In a worker: sktime's serial vectorised fit of one chunk; its per-series forecasters."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")
         chunk = forecaster.clone()
         chunk.set_config(**{"backend:parallel": None})

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import signal
-import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +16,7 @@ from service.errors import ServiceError
 from service.forecasting.backtest import Cancelled
 from service.jobs.runner import WorkerContext
 from service.jobs.store import Job, JobStore
+from service.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +27,7 @@ def _die_with_parent() -> None:
     """Linux: SIGKILL this worker when its parent (the forkserver) dies, so no orphan
     finishes a job. The forkserver exits when the server's "alive" pipe closes, but every
     forked child inherits that pipe's write end: close ours, or the two wait on each other."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     from multiprocessing import forkserver
 
     alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)

@@ -18,10 +18,19 @@ from sktime.forecasting.theta import ThetaForecaster
 from sktime.forecasting.trend import PolynomialTrendForecaster
 from sktime.transformations.hierarchical.aggregate import Aggregator
 
+from service.forecasting import chunked_fit
 from service.forecasting.backtest import Cancelled
 from service.forecasting.chunked_fit import fit_in_chunks
 
 FH = [1, 2, 3]
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["forked-workers", "loky-workers"])
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test on both kinds of worker: forked (a job's process, one thread) and loky's
+    (a process with other threads)."""
+    monkeypatch.setattr(chunked_fit, "can_fork", lambda: request.param)
+    return bool(request.param)
 
 
 def panel(levels: list[list[str]], length: int = 36, columns: tuple[str, ...] = ("y",), seed: int = 0) -> pd.DataFrame:

@@ -4,6 +4,7 @@ update compared with ``forecaster.fit`` on the same data."""
 from __future__ import annotations
 
 import pickle
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,17 +21,15 @@ from sktime.transformations.hierarchical.aggregate import Aggregator
 
 from service.forecasting import chunked_fit
 from service.forecasting.backtest import Cancelled
-from service.forecasting.chunked_fit import fit_in_chunks
+from service.forecasting.chunked_fit import can_fork, fit_in_chunks
 
 FH = [1, 2, 3]
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["forked-workers", "loky-workers"])
-def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Every test on both kinds of worker: forked (a job's process, one thread) and loky's
-    (a process with other threads)."""
-    monkeypatch.setattr(chunked_fit, "can_fork", lambda: request.param)
-    return bool(request.param)
+@pytest.fixture(autouse=True)
+def forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forked workers, as in a job's process (one thread); the last test takes loky's."""
+    monkeypatch.setattr(chunked_fit, "can_fork", lambda: True)
 
 
 def panel(levels: list[list[str]], length: int = 36, columns: tuple[str, ...] = ("y",), seed: int = 0) -> pd.DataFrame:
@@ -127,3 +126,23 @@ def test_progress_counts_series_up_to_all_and_a_cancel_stops_the_fit() -> None:
     stop: Callable[[int, int], None] = cancel
     with pytest.raises(Cancelled):
         chunked(NaiveForecaster(), y, progress=stop)
+
+
+def test_loky_workers_where_other_threads_run_give_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked_fit, "can_fork", lambda: False)
+    y = panel([[f"s{i:02d}" for i in range(11)]])
+    reports: list[int] = []
+    ours = chunked(ThetaForecaster(sp=12), y, progress=lambda done, total: reports.append(done))
+    assert_same_model(ours, sktime_fit(ThetaForecaster(sp=12), y))
+    assert reports == sorted(reports) and reports[-1] == 11
+
+
+def test_a_process_running_another_thread_does_not_fork() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        assert can_fork() is False
+    finally:
+        stop.set()
+        other.join()

@@ -1,9 +1,11 @@
 """Factories shared by tests: a small panel, a fitted naive forecaster, a published
-version, and a pickle that leaves a marker file when it is unpickled."""
+version, a pickle that leaves a marker file when it is unpickled, and a bounded wait."""
 
 from __future__ import annotations
 
 import pathlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,12 @@ class Boom:
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (pathlib.Path.touch, (self.marker,))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.05)

@@ -29,6 +29,7 @@ from service.app import create_app
 from service.registry.store import Registry
 from service.tables import Schema, to_sktime
 from tests.conftest import make_settings, wait_ready
+from tests.factories import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -123,14 +124,6 @@ def process_gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- a whole job

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from service.jobs.store import JobStore
+from tests.factories import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -81,14 +82,6 @@ def describe(pids: set[int]) -> str:
             command = "(gone)"
         out.append(f"{pid}: {command}")
     return "; ".join(out)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.1)
 
 
 class Server:

@@ -68,11 +68,3 @@ def drive(runner: JobRunner, store: JobStore, job_id: str, timeout: float = 120.
         if time.monotonic() > deadline:
             raise AssertionError(f"job did not finish in {timeout:.0f}s: {job}")
         time.sleep(0.05)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.05)

@@ -19,7 +19,8 @@ from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
 from service.jobs.store import JobStore, process_owner
 from service.jobs.tasks import job_dir
 from service.registry.store import Registry
-from tests.scaleout.jobs_api import SMALL, app_client, drive, job_of, start_backtest, wait_for, wait_job
+from tests.factories import wait_for
+from tests.scaleout.jobs_api import SMALL, app_client, drive, job_of, start_backtest, wait_job
 
 pytestmark = pytest.mark.slow
 

@@ -101,6 +101,37 @@ class Conflict(ServiceError):
     title = "Conflict"
 
 
+class SpecFileInvalid(Conflict):
+    """A ``model.yaml`` on disk that does not parse or validate: fix the file (409)."""
+
+    title = "Stored model spec is invalid"
+
+
+class AliasesUnreadable(ServiceError):
+    """``aliases.json`` is not valid JSON, has wrong types, or fails its signature.
+    Readers keep the last good aliases and report this; it never reaches a client as is."""
+
+    title = "Aliases file unreadable"
+
+
+class TooManyJobs(ServiceError):
+    """A key has too many queued or running jobs (429 with Retry-After)."""
+
+    title = "Too many jobs"
+
+
+class InsufficientStorage(ServiceError):
+    """The disk is full (507); nothing was stored."""
+
+    title = "Insufficient storage"
+
+
+class StorageUnavailable(ServiceError):
+    """A folder the service writes to is read-only or not writable (503)."""
+
+    title = "Storage unavailable"
+
+
 class ForecastFailed(ServiceError):
     """sktime raised while forecasting on input that passed validation."""
 

@@ -32,6 +32,34 @@ class Settings(BaseSettings):
     max_rows_per_request: int = Field(
         default=200_000, ge=1, description="Most rows in a request table (observations, exogenous)"
     )
+    max_columns_per_table: int = Field(
+        default=1000, ge=1, description="Most columns in a request or upload table (checked before parsing)"
+    )
+    max_decoded_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Largest decoded size of an uploaded Parquet file, from its metadata before reading",
+    )
+    ingest_threads: int = Field(
+        default=2, ge=1, description="Threads that parse uploads and specs (apart from the live-predict threads)"
+    )
+    max_active_jobs_per_key: int = Field(
+        default=4, ge=1, description="Queued + running jobs one API key (or the open server) may have (429 beyond)"
+    )
+    sources_root: Path | None = Field(
+        default=None,
+        description="Folder that a spec's `path` source may read besides its model folder (none = model folder only)",
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a client has to send a request's headers before the connection closes"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a request body may pause between chunks before a 408"
+    )
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept")
+    max_connections: int = Field(
+        default=256, ge=1, description="Concurrent connections + requests before new ones get 503 (uvicorn)"
+    )
     live_predict_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a live (sktime) predict may take before 503"
     )

@@ -36,7 +36,7 @@ class PredictFastLane:
         self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = PREDICT_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        match = PREDICT_PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
         if match is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

@@ -45,8 +45,10 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _problem_response("Unknown model, version, alias, series, job or dataset"),
     409: _problem_response("Conflict with the current state (a version that cannot load, a finished job)"),
     413: _problem_response("Body over the size limit"),
+    429: _problem_response("Too many queued or running jobs for this key (Retry-After)"),
     422: _problem_response("Invalid request: the detail names the field"),
-    503: _problem_response("Not ready, or a live forecast over its time limit (Retry-After)"),
+    503: _problem_response("Not ready, storage not writable, or a live forecast over its time limit (Retry-After)"),
+    507: _problem_response("The disk is full; nothing was stored"),
 }
 
 # most specific first: the first matching class wins
@@ -57,6 +59,9 @@ STATUS_BY_ERROR: list[tuple[type[errors.ServiceError], int]] = [
     (errors.PayloadTooLarge, 413),
     (errors.InvalidInput, 422),
     (errors.ForecastFailed, 422),
+    (errors.TooManyJobs, 429),
+    (errors.InsufficientStorage, 507),
+    (errors.StorageUnavailable, 503),
     (errors.Conflict, 409),
     (errors.VersionLoadError, 409),
     (errors.IntegrityError, 409),

@@ -84,7 +84,7 @@ class DatasetStore:
         self.root = Path(data_dir).resolve() / "datasets"
 
     def _dir(self, name: str) -> Path:
-        if not isinstance(name, str) or not DATASET_NAME.match(name) or ".." in name:
+        if not isinstance(name, str) or not DATASET_NAME.fullmatch(name) or ".." in name:
             raise InvalidName(
                 f"invalid dataset name {str(name)[:100]!r}: use 1-80 characters a-z 0-9 . _ - "
                 "starting with a letter or digit",

@@ -42,6 +42,7 @@ import yaml
 from filelock import FileLock
 
 from service.errors import (
+    AliasesUnreadable,
     AliasNotFound,
     IntegrityError,
     InvalidInput,
@@ -63,6 +64,7 @@ TRAINING = "training.parquet"
 FORECAST = "forecast.parquet"
 SPEC_FILE = "model.yaml"
 ALIASES = "aliases.json"
+ALIAS_SIGNATURE = "_signature"  # a key no alias can have (aliases start with a letter)
 STAGING_PREFIX = ".staging-"
 MANIFEST_FORMAT = 1
 LIBRARIES = ("sktime", "scikit-learn", "xgboost", "lightgbm", "statsmodels", "pandas", "numpy", "scipy", "pyarrow")
@@ -70,7 +72,7 @@ LIBRARIES = ("sktime", "scikit-learn", "xgboost", "lightgbm", "statsmodels", "pa
 
 def validate_name(name: Any, what: str = "model") -> str:
     """Names become folder names: a-z 0-9 . _ -, starting with a letter or digit."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InvalidName(
             f"invalid {what} name {name!r}: use 1-64 characters a-z 0-9 . _ - starting with a letter or digit",
             field="name",
@@ -80,7 +82,7 @@ def validate_name(name: Any, what: str = "model") -> str:
 
 
 def validate_alias(alias: Any) -> str:
-    if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+    if not isinstance(alias, str) or not ALIAS_PATTERN.fullmatch(alias):
         raise InvalidName(
             f"invalid alias {alias!r}: use 1-32 characters a-z 0-9 _ - starting with a letter",
             field="alias",
@@ -160,6 +162,8 @@ class Registry:
     def __init__(self, root: Path | str, signing_key: bytes | None = None) -> None:
         self.root = Path(root).resolve()
         self.signing_key = signing_key
+        self._last_good_aliases: dict[str, dict[str, int]] = {}
+        self._alias_seq: dict[str, int] = {}  # highest signed sequence seen per model: older files are replays
 
     # ------------------------------------------------------------------ paths
     def model_dir(self, name: str) -> Path:
@@ -184,7 +188,7 @@ class Registry:
             return []
         names = []
         for entry in sorted(self.root.iterdir()):
-            if not entry.is_dir() or not NAME_PATTERN.match(entry.name):
+            if not entry.is_dir() or not NAME_PATTERN.fullmatch(entry.name):
                 continue
             if (entry / SPEC_FILE).is_file() or (entry / "versions").is_dir():
                 names.append(entry.name)
@@ -246,6 +250,12 @@ class Registry:
     def verified_manifest(self, name: str, version: int) -> dict[str, Any]:
         """The manifest, its HMAC checked when a signing key is set (unsigned: refused)."""
         manifest = self.read_manifest(name, version)
+        if manifest.get("model") != name or manifest.get("version") != version:
+            # the signature covers these two fields: a version copied elsewhere is refused
+            raise IntegrityError(
+                f"{name} v{version}: the manifest belongs to {str(manifest.get('model'))[:64]} "
+                f"v{str(manifest.get('version'))[:20]}; a version copied to another place is refused"
+            )
         if self.signing_key is None:
             return manifest
         signature = manifest.get("signature") or {}
@@ -258,29 +268,92 @@ class Registry:
 
     # ------------------------------------------------------------------ aliases
     def read_aliases(self, name: str) -> dict[str, int]:
+        """``aliases.json`` as ``{alias: version}``; a missing file is no aliases. Invalid JSON,
+        wrong types, or (with a signing key) a missing, wrong or replayed signature raise
+        `AliasesUnreadable`: callers keep the last good aliases and report it."""
         path = self.model_dir(name) / ALIASES
         try:
-            raw = json.loads(path.read_bytes())
+            data = path.read_bytes()
         except FileNotFoundError:
             return {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("aliases.json of %s is not valid JSON; treating it as empty", name)
-            return {}
+        try:
+            raw = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AliasesUnreadable(
+                f"{name}/{ALIASES} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})", model=name
+            ) from None
         if not isinstance(raw, dict):
-            return {}
-        return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+            raise AliasesUnreadable(f"{name}/{ALIASES} must be an object of alias -> version", model=name)
+        signature = raw.pop(ALIAS_SIGNATURE, None)
+        aliases: dict[str, int] = {}
+        for alias, version in raw.items():
+            if not isinstance(alias, str) or not ALIAS_PATTERN.fullmatch(alias):
+                raise AliasesUnreadable(f"{name}/{ALIASES}: {str(alias)[:40]!r} is not an alias name", model=name)
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise AliasesUnreadable(
+                    f"{name}/{ALIASES}: alias '{alias}' must point at a version number, not {str(version)[:40]!r}",
+                    model=name,
+                )
+            aliases[alias] = version
+        if self.signing_key is not None:
+            self._check_alias_signature(name, aliases, signature)
+        self._last_good_aliases[name] = aliases
+        return dict(aliases)
+
+    def _check_alias_signature(self, name: str, aliases: dict[str, int], signature: Any) -> None:
+        assert self.signing_key is not None
+        if not isinstance(signature, dict) or not signature.get("value"):
+            raise AliasesUnreadable(f"{name}/{ALIASES} is not signed and a signing key is set", model=name)
+        seq = signature.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise AliasesUnreadable(f"{name}/{ALIASES}: signature has no sequence number", model=name)
+        expected = sign_aliases(name, aliases, seq, self.signing_key)
+        if signature.get("alg") != "HMAC-SHA256" or not hmac.compare_digest(expected, str(signature["value"])):
+            raise AliasesUnreadable(
+                f"{name}/{ALIASES}: signature (HMAC over model name, aliases and sequence) does not match", model=name
+            )
+        seen = self._alias_seq.get(name, 0)
+        if seq < seen:
+            raise AliasesUnreadable(
+                f"{name}/{ALIASES}: sequence {seq} is older than {seen} seen before (a replayed file)", model=name
+            )
+        self._alias_seq[name] = seq
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
-        """Point ``alias`` at an existing version: one atomic file replace."""
+        """Point ``alias`` at an existing version: one atomic file replace (signed, with a
+        sequence number one above the last, when a signing key is set)."""
         validate_alias(alias)
         self.require_model(name)
         with self._model_lock(name):
             if version not in self.list_versions(name):
                 raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
-            aliases = self.read_aliases(name)
+            try:
+                aliases = self.read_aliases(name)
+            except AliasesUnreadable as exc:  # rewrite from what this process last read as good
+                aliases = dict(self._last_good_aliases.get(name, {}))
+                log.warning("%s; rewriting it from the last good aliases %s", exc.detail, aliases)
             aliases[alias] = int(version)
-            atomic_write(self.model_dir(name) / ALIASES, json.dumps(aliases, indent=2, sort_keys=True).encode())
+            document: dict[str, Any] = dict(sorted(aliases.items()))
+            if self.signing_key is not None:
+                seq = max(self._alias_seq.get(name, 0), self._file_seq(name)) + 1
+                document[ALIAS_SIGNATURE] = {
+                    "alg": "HMAC-SHA256",
+                    "seq": seq,
+                    "value": sign_aliases(name, aliases, seq, self.signing_key),
+                }
+                self._alias_seq[name] = seq
+            atomic_write(self.model_dir(name) / ALIASES, json.dumps(document, indent=2).encode())
+            self._last_good_aliases[name] = dict(aliases)
         return aliases
+
+    def _file_seq(self, name: str) -> int:
+        """The sequence number written in aliases.json, whatever its state (0 if none)."""
+        try:
+            raw = json.loads((self.model_dir(name) / ALIASES).read_bytes())
+            seq = raw[ALIAS_SIGNATURE]["seq"]
+            return seq if isinstance(seq, int) else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
     def resolve(self, name: str, version: int | None = None, alias: str | None = None) -> int:
         """A version number from an explicit version, an alias, or ``production``."""
@@ -459,6 +532,14 @@ class Registry:
             return None
         data = self._read_verified(name, version, FORECAST, manifest)
         return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
+
+
+def sign_aliases(name: str, aliases: Mapping[str, int], seq: int, key: bytes) -> str:
+    """HMAC-SHA256 over the model name, the aliases and the file's sequence number: a signed
+    file copied to another model, or an older one put back, does not verify."""
+    body = {"model": name, "aliases": dict(sorted(aliases.items())), "seq": seq}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def sign_manifest(manifest: Mapping[str, Any], key: bytes) -> str:

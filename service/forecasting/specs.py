@@ -1,17 +1,15 @@
 """Model specs (``model.yaml``) and the allow-listed resolution of forecaster specs.
 
 A forecaster spec is a nested ``{class, params}`` object. Class names are resolved
-only against an allow-list built from sktime's own registry (forecasters and
-transformers), scikit-learn regressors, ``XGBRegressor``, ``LGBMRegressor`` and the
-reduction factory ``make_reduction``. Nothing is imported from a user-given module
-path and nothing is evaluated.
+only against the reviewed allow-list of `service.forecasting.allowlist`; parameters
+that can carry code, modules, files or weights are refused. Nothing is imported from a
+user-given module path and nothing is evaluated.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import threading
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,57 +20,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import SpecError
+from service.forecasting.allowlist import ALLOWED, allowed_classes, refused_param
 
 Kind = Literal["single", "panel", "hierarchical"]
 
 
 # ----------------------------------------------------------------------------- allow-list
-def _sktime_estimators() -> dict[str, Any]:
-    from sktime.registry import all_estimators
-
-    found: dict[str, Any] = {}
-    for scitype in ("forecaster", "transformer"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for name, cls in all_estimators(scitype, return_names=True):
-                found.setdefault(name, cls)
-    return found
-
-
-def _sklearn_regressors() -> dict[str, Any]:
-    from sklearn.utils import all_estimators as sk_all_estimators
-
-    return dict(sk_all_estimators(type_filter="regressor"))
-
-
-def _boosters() -> dict[str, Any]:
-    from lightgbm import LGBMRegressor
-    from xgboost import XGBRegressor
-
-    return {"XGBRegressor": XGBRegressor, "LGBMRegressor": LGBMRegressor}
-
-
-def _factories() -> dict[str, Any]:
-    from sktime.forecasting.compose import make_reduction
-
-    return {"make_reduction": make_reduction}
-
-
-_ALLOW_LIST: dict[str, Callable[..., Any]] = {}
-_ALLOW_LIST_LOCK = threading.Lock()
-
-
 def allow_list() -> dict[str, Callable[..., Any]]:
-    """Every class or factory a spec may name, by bare name (built once per process, under
-    a lock: sktime's registry crawl imports modules and mutes stdout, neither thread-safe)."""
-    if not _ALLOW_LIST:
-        with _ALLOW_LIST_LOCK:
-            if not _ALLOW_LIST:
-                allowed: dict[str, Callable[..., Any]] = {}
-                for source in (_sklearn_regressors, _sktime_estimators, _boosters, _factories):
-                    allowed.update(source())
-                _ALLOW_LIST.update(allowed)
-    return _ALLOW_LIST
+    """Every class or factory a spec may name, by bare name (`service.forecasting.allowlist`)."""
+    return allowed_classes()
 
 
 def qualified_name(obj: Any) -> str:
@@ -81,18 +37,24 @@ def qualified_name(obj: Any) -> str:
 
 
 def resolve_class(name: Any) -> Callable[..., Any]:
-    """Look a class name up in the allow-list; a dotted name must be the entry's real path."""
+    """Look a class name up in the allow-list; a dotted name must be the entry's public
+    import path or its real path."""
     if not isinstance(name, str) or not name:
         raise SpecError(f"'class' must be a non-empty string, got {name!r}", field="class")
     allowed = allow_list()
     bare = name.rsplit(".", 1)[-1]
     found = allowed.get(bare)
-    if found is None or ("." in name and qualified_name(found) != name):
+    if found is not None and "." in name:
+        public = ALLOWED[bare].replace(":", ".")
+        if name not in (public, qualified_name(found)):
+            found = None
+    if found is None:
         raise SpecError(
-            f"class '{name}' is not in the allow-list (sktime forecasters and transformers, "
-            "scikit-learn regressors, XGBRegressor, LGBMRegressor, make_reduction)",
+            f"class '{name[:200]}' is not in the allow-list (the reviewed sktime forecasters, reductions, "
+            "compositions, reconcilers and transformers, scikit-learn regressors, XGBRegressor, LGBMRegressor, "
+            "make_reduction: see the README)",
             field="class",
-            value=name,
+            value=name[:200],
         )
     return found
 
@@ -142,6 +104,15 @@ def build_estimator(node: Any, where: str = "forecaster") -> Any:
     if not isinstance(params, Mapping):
         raise SpecError(f"{where}: 'params' must be an object", field=f"{where}.params")
     accepted, accepts_any = _accepted_params(factory)
+    class_name = getattr(factory, "__name__", str(node["class"]))
+    refused = sorted(str(p) for p in params if refused_param(class_name, str(p)))
+    if refused:
+        raise SpecError(
+            f"{where}: {node['class']} parameter(s) {', '.join(map(repr, refused))} may carry code, a module, "
+            "a file or weights and are refused in specs",
+            field=f"{where}.params",
+            value=refused,
+        )
     bad = sorted(set(params) - accepted)
     if bad and not accepts_any:
         raise SpecError(

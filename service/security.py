@@ -49,6 +49,13 @@ class KeyRing:
         """No keys configured: the server runs open (loopback only, see Settings)."""
         return not self.hashes
 
+    def caller_id(self, authorization: str | None) -> str:
+        """Who is calling, for per-key limits: a short hash of the key ("open" without keys)."""
+        if self.open:
+            return "open"
+        _, _, credentials = (authorization or "").partition(" ")
+        return "key:" + _hash(credentials.strip())[:16]
+
     def role_of(self, presented: str) -> str | None:
         digest = _hash(presented)
         found = None

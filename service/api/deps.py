@@ -34,7 +34,13 @@ async def get_jobs(request: Request) -> JobStore:
     return request.app.state.runtime.jobs
 
 
+async def get_caller(request: Request) -> str:
+    """The caller's identity for per-key limits (the key itself was checked by the router)."""
+    return request.app.state.runtime.keys.caller_id(request.headers.get("authorization"))
+
+
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
+CallerDep = Annotated[str, Depends(get_caller)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]

@@ -82,10 +82,36 @@ BUILTIN_SOURCES: dict[str, Callable[..., pd.DataFrame]] = {
 }
 
 
+def resolve_source_path(raw: Any, base_dir: Path | None, sources_root: Path | None = None) -> Path:
+    """A spec's ``path`` source resolved (symlinks included) and kept inside the model's
+    folder or the configured sources root; anything else is a `SpecError` (422)."""
+    if not isinstance(raw, str) or not raw or "\x00" in raw:
+        raise SpecError("data.source.path must be a non-empty file name", field="data.source")
+    roots = [r.resolve() for r in (base_dir, sources_root) if r is not None]
+    path = Path(raw)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        resolved = path.resolve(strict=False)
+    except (OSError, RuntimeError):  # a symlink loop
+        raise SpecError(f"data source {raw!r} cannot be resolved", field="data.source") from None
+    if not any(resolved.is_relative_to(root) for root in roots):
+        where = "the model's folder" + (" or FORECAST_SOURCES_ROOT" if sources_root is not None else "")
+        raise SpecError(
+            f"data source {raw!r} is outside {where}; put the file there (or set FORECAST_SOURCES_ROOT)",
+            field="data.source",
+        )
+    model_root = base_dir.resolve() if base_dir is not None else None
+    if model_root is not None and resolved.is_relative_to(model_root / "versions"):
+        raise SpecError(f"data source {raw!r}: files of published versions are not a source", field="data.source")
+    return resolved
+
+
 def read_source(
     source: Mapping[str, Any],
     base_dir: Path | None = None,
     *,
+    sources_root: Path | None = None,
     datasets: Any = None,
     sql_url: str | None = None,
     dataset_version: str | None = None,
@@ -114,9 +140,7 @@ def read_source(
         except TypeError as exc:
             raise SpecError(f"builtin dataset {name!r}: {exc}", field="data.source") from None
     if "path" in source:
-        path = Path(source["path"])
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+        path = resolve_source_path(source["path"], base_dir, sources_root)
         if not path.is_file():
             raise SpecError(f"data source file not found: {source['path']}", field="data.source")
         if path.suffix.lower() in (".parquet", ".pq"):

@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -90,6 +91,7 @@ def train_and_publish(
     promote: bool = True,
     progress: Progress | None = None,
     job_id: str | None = None,
+    sources_root: Path | None = None,
 ) -> int:
     """Read the spec's source, fit, publish; point ``production`` at the new version."""
     say = progress or (lambda _stage: None)
@@ -98,7 +100,7 @@ def train_and_publish(
         registry.require_model(name)
         raise InvalidInput(f"model '{name}' has no {name}/model.yaml to train from", model=name)
     say("loading data")
-    raw, _ = read_source(spec.data.source, base_dir=registry.model_dir(name))
+    raw, _ = read_source(spec.data.source, base_dir=registry.model_dir(name), sources_root=sources_root)
     say("fitting")
     result = fit_spec(spec, raw)
     say("publishing")
@@ -132,7 +134,7 @@ def models_without_versions(registry: Registry) -> list[str]:
     ]
 
 
-def train_missing(registry: Registry) -> dict[str, int]:
+def train_missing(registry: Registry, sources_root: Path | None = None) -> dict[str, int]:
     """Train every model that has a spec but no version (the demo registry's first start),
     logging each stage; a model that fails is logged and skipped."""
     published: dict[str, int] = {}
@@ -144,6 +146,7 @@ def train_missing(registry: Registry) -> dict[str, int]:
                 registry,
                 name,
                 progress=functools.partial(_log_training, name, f"{i}/{len(names)}"),
+                sources_root=sources_root,
             )
         except ServiceError as exc:
             log.error("training %s failed: %s", name, exc.detail)

@@ -43,6 +43,8 @@ def submit_backtest(
     request: BacktestRequest,
     dataset: str | None = None,
     dataset_version: str | None = None,
+    submitter: str | None = None,
+    max_active: int | None = None,
 ) -> Job:
     """Validate against the data (422 before any job is stored), then queue."""
     training, data_ref = backtest_data(
@@ -65,5 +67,5 @@ def submit_backtest(
         "dataset": dataset,
         "dataset_version": data_ref.rsplit("@", 1)[1] if dataset is not None else None,
     }
-    job, _ = jobs.create("backtest", served.name, params, total=n_folds)
+    job, _ = jobs.create("backtest", served.name, params, total=n_folds, submitter=submitter, max_active=max_active)
     return job

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from service.datasets.sources import read_source
@@ -68,6 +69,7 @@ def retrain(
     *,
     job_id: str | None = None,
     sql_url: str | None = None,
+    sources_root: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda stage, done, total: None)
@@ -83,6 +85,7 @@ def retrain(
     raw, version_read = read_source(
         spec.data.source,
         base_dir=registry.model_dir(name),
+        sources_root=sources_root,
         datasets=datasets,
         sql_url=sql_url,
         dataset_version=params.dataset_version,

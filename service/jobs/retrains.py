@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from service.datasets.sources import resolve_source_path
 from service.errors import InvalidInput
 from service.jobs.retrain import RetrainParams, check_gate_metric
 from service.jobs.store import Job, JobStore
@@ -24,12 +26,21 @@ def submit_retrain(
     name: str,
     body: Mapping[str, Any],
     idempotency_key: str | None = None,
+    *,
+    check_source: bool = True,
+    sources_root: Path | None = None,
 ) -> tuple[Job, bool]:
     """Returns (job, created). Same key + same body: the same job; same key + another
-    body: 422; a retrain of this model already queued or running: that job."""
+    body: 422; a retrain of this model already queued or running: that job. With
+    ``check_source`` a ``path`` source outside the model folder (or ``sources_root``) is a
+    422 before any job exists."""
     registry.require_model(name)
-    if registry.read_spec_raw(name) is None:
+    raw_spec = registry.read_spec_raw(name)
+    if raw_spec is None:
         raise InvalidInput(f"model '{name}' has no spec (model.yaml) to retrain from", model=name)
+    source = (raw_spec.get("data") or {}).get("source") if isinstance(raw_spec.get("data"), dict) else None
+    if check_source and isinstance(source, dict) and "path" in source:
+        resolve_source_path(source["path"], registry.model_dir(name), sources_root)
     params = RetrainParams.from_dict(body)
     if params.promote not in (None, "auto", "always", "never"):
         raise InvalidInput("'promote' must be auto, always or never", field="promote")

@@ -34,6 +34,7 @@ class WorkerContext:
     owner: str
     sql_url: str | None = None
     signing_key: str | None = None
+    sources_root: str | None = None
 
     def registry(self) -> Any:
         from service.registry.store import Registry

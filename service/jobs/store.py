@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, TooManyJobs
 from service.tables import encode_json
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -60,6 +60,15 @@ keys_table = sa.Table(
     sa.Column("job_id", sa.String(32), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# who submitted a job (a hash of the API key, or "open"): bounds queued + running jobs per key
+submitters_table = sa.Table(
+    "job_submitters",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("submitter", sa.String(64), nullable=False, index=True),
 )
 
 
@@ -185,10 +194,13 @@ class JobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         exclusive: bool = False,
+        submitter: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job; returns (job, created). With ``idempotency_key`` the same
         key returns the same job (a different ``request_hash`` is a conflict); with
-        ``exclusive`` an active job of this kind and model is returned instead."""
+        ``exclusive`` an active job of this kind and model is returned instead. A
+        ``submitter`` with ``max_active`` queued or running jobs already gets `TooManyJobs`."""
         if kind not in KINDS:
             raise InvalidInput(f"unknown job kind {kind!r}")
         job_id = uuid.uuid4().hex
@@ -211,9 +223,20 @@ class JobStore:
             known = self._by_key(idempotency_key, request_hash)
             if known is not None:
                 return known, False
+        if submitter is not None and max_active is not None:
+            active_count = self.active_count(submitter)
+            if active_count >= max_active:
+                raise TooManyJobs(
+                    f"this key has {active_count} queued or running jobs, the most allowed "
+                    "(FORECAST_MAX_ACTIVE_JOBS_PER_KEY); retry when one has finished",
+                    retry_after=10,
+                    limit=max_active,
+                )
         try:
             with self.engine.begin() as conn:  # the job and its key in one transaction
                 conn.execute(jobs_table.insert().values(**row))
+                if submitter is not None:
+                    conn.execute(submitters_table.insert().values(job_id=job_id, submitter=submitter))
                 if idempotency_key is not None:
                     conn.execute(keys_table.insert().values(**self._key_row(idempotency_key, job_id, request_hash)))
         except sa.exc.IntegrityError:
@@ -243,6 +266,16 @@ class JobStore:
                     return (known or active), False
             return active, False
         return self.get(job_id), True
+
+    def active_count(self, submitter: str) -> int:
+        """Queued + running jobs of one submitter."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(submitters_table.join(jobs_table, submitters_table.c.job_id == jobs_table.c.id))
+            .where(submitters_table.c.submitter == submitter, jobs_table.c.status.in_(ACTIVE))
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     @staticmethod
     def _key_row(key: str, job_id: str, request_hash: str | None) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dic
         RetrainParams.from_dict(job.params),
         job_id=job.id,
         sql_url=context.sql_url,
+        sources_root=Path(context.sources_root) if context.sources_root else None,
         progress=progress,
     )
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from service.api.deps import ReadAccess, RuntimeDep
+from service.api.deps import CallerDep, ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.jobs.backtests import submit_backtest
 from service.schemas.jobs import BacktestBody, JobOut
@@ -21,12 +21,13 @@ router = APIRouter(prefix="/v1/models", tags=["backtests"], dependencies=[ReadAc
     status_code=202,
     response_model=JobOut,
     summary="Start a backtest job (sktime evaluate); 202 + Location",
-    responses={200: {"description": "Finished within ?wait"}, 404: PROBLEM, 422: PROBLEM},
+    responses={200: {"description": "Finished within ?wait"}, 404: PROBLEM, 422: PROBLEM, 429: PROBLEM},
 )
 async def start_backtest(
     name: Annotated[str, Path(examples=["airline"])],
     body: BacktestBody,
     runtime: RuntimeDep,
+    caller: CallerDep,
     wait: Annotated[bool, Query(description="Block until the job finishes (bounded by `timeout`)")] = False,
     timeout: Annotated[float, Query(ge=0, le=600, description="Seconds to wait at most with ?wait=true")] = 30.0,
 ) -> Response:
@@ -41,6 +42,8 @@ async def start_backtest(
         request,
         body.dataset,
         body.dataset_version,
+        caller,
+        runtime.settings.max_active_jobs_per_key,
     )
     runtime.runner.wake()
     if wait:

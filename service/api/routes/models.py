@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request
@@ -96,7 +97,12 @@ async def retrain(
 ) -> Response:
     payload = body.model_dump(exclude_none=True) if body is not None else {}
     job, created = await runtime.run_blocking(
-        submit_retrain, runtime.jobs, runtime.registry, name, payload, idempotency_key
+        functools.partial(submit_retrain, sources_root=runtime.settings.sources_root),
+        runtime.jobs,
+        runtime.registry,
+        name,
+        payload,
+        idempotency_key,
     )
     runtime.runner.wake()
     return Response(

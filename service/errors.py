@@ -107,9 +107,9 @@ class SpecFileInvalid(Conflict):
     title = "Stored model spec is invalid"
 
 
-class AliasesUnreadable(ServiceError):
+class AliasesUnreadable(Conflict):
     """``aliases.json`` is not valid JSON, has wrong types, or fails its signature.
-    Readers keep the last good aliases and report this; it never reaches a client as is."""
+    Readers keep the last good aliases and report this; where none is known it is a 409."""
 
     title = "Aliases file unreadable"
 

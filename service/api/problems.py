@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -80,9 +82,26 @@ def _slug(title: str) -> str:
     return title.lower().replace(" ", "-")
 
 
+_INT64 = 2**63
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """Extras as JSON can carry them: integers beyond 64 bits (a version number of 2**64
+    echoed back) become strings, deep or odd values their short text."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else str(value)
+    if depth < 8 and isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in list(value.items())[:100]}
+    if depth < 8 and isinstance(value, list | tuple):
+        return [_json_safe(v, depth + 1) for v in list(value)[:100]]
+    return str(value)[:200]
+
+
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    body = {"type": f"/problems/{_slug(title)}", "title": title, "status": status, "detail": detail}
-    body.update({k: v for k, v in extra.items() if v is not None and k not in body})
+    body: dict[str, Any] = {"type": f"/problems/{_slug(title)}", "title": title, "status": status, "detail": detail}
+    body.update({k: _json_safe(v) for k, v in extra.items() if v is not None and k not in body})
     return Response(encode_json(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -132,7 +151,32 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(exc: BaseException) -> errors.ServiceError | None:
+    """A full disk (507) or a read-only / not writable folder or database (503), from an
+    OSError or SQLite's own words; the cause without the path. None for anything else."""
+    text = str(getattr(exc, "orig", "") or "").lower()
+    if (isinstance(exc, OSError) and exc.errno in _DISK_FULL) or "disk is full" in text:
+        return errors.InsufficientStorage("the disk is full: nothing was stored; free space and retry")
+    if (isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE) or any(
+        words in text for words in ("readonly database", "read-only file system", "unable to open database")
+    ):
+        return errors.StorageUnavailable(
+            "storage is read-only or not writable (the registry, data folder or job store): nothing was "
+            "stored; reads keep working",
+            retry_after=30,
+        )
+    return None
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    translated = storage_error(exc)
+    if translated is not None:
+        log.error("%s: %s", translated.title, exc)
+        return await _service_error(request, translated)
     log.exception("unhandled error", exc_info=exc)
     return problem(500, "Internal error", "the server failed; the error is logged with this request's id")
 
@@ -141,4 +185,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OSError, _unexpected)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _unexpected)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.errors import SpecError
+from service.documents import load_document
+from service.errors import SpecError, SpecFileInvalid
 from service.forecasting.allowlist import ALLOWED, allowed_classes, refused_param
 
 Kind = Literal["single", "panel", "hierarchical"]
@@ -189,7 +189,7 @@ class DataSpec(_Strict):
 class PromotionSpec(_Strict):
     policy: Literal["auto", "always", "never"] = "auto"
     metric: str = "MASE"
-    tolerance: float = Field(default=0.0, ge=0.0)
+    tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -271,14 +271,23 @@ def parse_model_spec(raw: Any, origin: str = "spec") -> ModelSpec:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
         )
-        raise SpecError(f"{origin}: {problems}", errors=jsonable(exc.errors(include_url=False))) from None
+        raise SpecError(
+            f"{origin}: {problems}"[:2000], errors=jsonable(exc.errors(include_url=False, include_input=False)[:20])
+        ) from None
     spec.build_forecaster()  # resolves every class now, so a bad spec fails before it is stored
     return spec
 
 
 def load_model_spec(path: Path) -> ModelSpec:
+    """A ``model.yaml`` on disk; an invalid one is a `SpecFileInvalid` (409) naming the file."""
+    origin = f"{path.parent.name}/{path.name}"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path.name}: not valid YAML: {exc}") from None
-    return parse_model_spec(raw, origin=str(path.parent.name + "/" + path.name))
+        return parse_model_spec(load_document(path.read_bytes(), "yaml", origin), origin=origin)
+    except SpecError as exc:
+        raise stored_spec_invalid(origin, exc) from None
+
+
+def stored_spec_invalid(origin: str, exc: SpecError) -> SpecFileInvalid:
+    return SpecFileInvalid(
+        f"{origin} on disk is invalid: {exc.detail} (fix the file, or PUT a new spec)"[:2000], file=origin
+    )

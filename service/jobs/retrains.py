@@ -35,12 +35,11 @@ def submit_retrain(
     ``check_source`` a ``path`` source outside the model folder (or ``sources_root``) is a
     422 before any job exists."""
     registry.require_model(name)
-    raw_spec = registry.read_spec_raw(name)
-    if raw_spec is None:
+    spec = registry.read_spec(name)  # an invalid model.yaml on disk: 409 naming it, before any job
+    if spec is None:
         raise InvalidInput(f"model '{name}' has no spec (model.yaml) to retrain from", model=name)
-    source = (raw_spec.get("data") or {}).get("source") if isinstance(raw_spec.get("data"), dict) else None
-    if check_source and isinstance(source, dict) and "path" in source:
-        resolve_source_path(source["path"], registry.model_dir(name), sources_root)
+    if check_source and "path" in spec.data.source:
+        resolve_source_path(spec.data.source["path"], registry.model_dir(name), sources_root)
     params = RetrainParams.from_dict(body)
     if params.promote not in (None, "auto", "always", "never"):
         raise InvalidInput("'promote' must be auto, always or never", field="promote")

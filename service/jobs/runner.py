@@ -198,12 +198,19 @@ class JobRunner:
                     self.store.finish(job_id, self.owner, "failed", error=f"could not start a worker: {exc}")
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.to_thread(self.recover)
+        last_error = None
+        recovered = False
         while not stop.is_set():
             try:
+                if not recovered:
+                    await asyncio.to_thread(self.recover)
+                    recovered = True
                 await asyncio.to_thread(self.tick)
-            except Exception:  # the loop must outlive a database hiccup
-                log.exception("job runner tick failed")
+                last_error = None
+            except Exception as exc:  # the loop must outlive a database hiccup (or a read-only one)
+                if str(exc) != last_error:  # once per distinct failure, not every poll
+                    log.exception("job runner tick failed")
+                last_error = str(exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)

@@ -6,7 +6,9 @@ and a job marked failed (e.g. interrupted) is never flipped back by a late worke
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -20,6 +22,8 @@ from sqlalchemy.engine import Engine
 
 from service.errors import Conflict, InvalidInput, NotFound, TooManyJobs
 from service.tables import encode_json
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -156,7 +160,8 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: the first query says so
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
@@ -178,7 +183,10 @@ class JobStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except (sa.exc.OperationalError, OSError) as exc:  # a read-only data folder: serve, jobs answer 503
+            log.error("the job store cannot be written (%s): job requests answer 503 until it can be", exc)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -11,24 +11,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from service.errors import (
+    AliasesUnreadable,
     AliasNotFound,
+    IntegrityError,
     ModelNotFound,
+    NotReady,
     ServiceError,
     VersionLoadError,
     VersionNotFound,
 )
 from service.forecasting.served import ServedVersion
-from service.registry.store import Registry
+from service.registry.store import ALIASES, Registry
 
 log = logging.getLogger(__name__)
+
+# what /readyz (open, no key) says: short categories, never an exception's text or a path
+LOADING = "loading"
+INTEGRITY_FAILED = "integrity check failed"
+RETRYING = "cannot be loaded (retrying)"
+MISSING = "version does not exist"
+ALIASES_UNREADABLE = "aliases.json unreadable"
+
+# an absolute path: a "/" that does not continue a word, a relative path or a URL
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/>~])/[^\s'\"()\[\]{},;:]+")
+_PATH_END = r"(?=[/\s'\"()\[\]{},;:]|$)"
+
+
+def scrub_paths(text: str, root: Path | str | None = None) -> str:
+    """``text`` without absolute filesystem paths: the registry ``root`` becomes
+    ``<registry>``, any other absolute path ``<path>``. Details reach clients; the log
+    keeps the full text."""
+    if root is not None and str(root) not in ("", "/"):
+        text = re.sub(re.escape(str(root)) + _PATH_END, "<registry>", text)
+    return _ABSOLUTE_PATH.sub("<path>", text)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """Why a version an alias points at is not loaded, and when it may be tried again."""
+
+    detail: str  # the full reason (may hold paths: scrub it before it reaches a response)
+    kind: str = "error"  # "integrity": never retried; "error": retried with backoff; "missing"
+    attempts: int = 1
+    retry_at: float | None = None  # cache clock time of the next attempt; None: not retried
+
+    @property
+    def category(self) -> str:
+        return {"integrity": INTEGRITY_FAILED, "missing": MISSING}.get(self.kind, RETRYING)
 
 
 @dataclass(frozen=True)
@@ -37,10 +76,23 @@ class ModelState:
 
     name: str
     versions: tuple[int, ...] = ()
-    file_aliases: dict[str, int] = field(default_factory=dict)  # as in aliases.json
+    file_aliases: dict[str, int] = field(default_factory=dict)  # as in aliases.json (the last good one)
     serving: dict[str, int] = field(default_factory=dict)  # alias -> version actually served
     loaded: dict[int, ServedVersion] = field(default_factory=dict)
-    load_errors: dict[int, str] = field(default_factory=dict)
+    failures: dict[int, LoadFailure] = field(default_factory=dict)
+    aliases_error: str | None = None  # aliases.json unreadable now: file_aliases are the last good ones
+    aliases_known: bool = True  # False: no good aliases.json was ever read, nothing to fall back on
+
+    @property
+    def load_errors(self) -> dict[int, str]:
+        return {v: f.detail for v, f in self.failures.items()}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    problems: dict[str, str]  # model -> why it is not ready (a short category)
+    warnings: dict[str, list[str]]  # model -> what is wrong while it still serves
 
 
 class ModelCache:
@@ -49,9 +101,17 @@ class ModelCache:
         registry: Registry,
         extra_versions: int = 8,
         on_load: Callable[[str, int, float, str | None], None] | None = None,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """A load that fails other than on integrity is tried again on the first poll
+        ``retry_base`` seconds later, the wait doubling per failure up to ``retry_max``."""
         self.registry = registry
         self.extra_versions = extra_versions
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._clock = clock
         self._models: dict[str, ModelState] = {}
         self._recent: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._write_lock = threading.RLock()
@@ -77,9 +137,17 @@ class ModelCache:
             if alias not in state.serving:
                 if alias in state.file_aliases:
                     target = state.file_aliases[alias]
-                    reason = state.load_errors.get(target, "still loading")
+                    failure = state.failures.get(target)
+                    reason = scrub_paths(failure.detail, self.registry.root) if failure else "still loading"
                     raise VersionLoadError(
                         f"alias '{alias}' of '{name}' points at v{target}, which is not loaded: {reason}",
+                        model=name,
+                        alias=alias,
+                    )
+                if state.aliases_error is not None and not state.aliases_known:
+                    why = scrub_paths(state.aliases_error, self.registry.root)
+                    raise NotReady(
+                        f"the aliases of '{name}' cannot be read: {why}",
                         model=name,
                         alias=alias,
                     )
@@ -94,18 +162,51 @@ class ModelCache:
             return served
         if version not in state.versions and version not in self.registry.list_versions(name):
             raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
-        return self._load_extra(name, version)
+        failure = state.failures.get(version)
+        if failure is not None and failure.kind == "integrity":  # not read again, not unpickled
+            raise IntegrityError(scrub_paths(failure.detail, self.registry.root), model=name, version=version)
+        try:
+            return self._load_extra(name, version)
+        except ServiceError as exc:  # the reason goes to a client: without paths
+            detail = scrub_paths(exc.detail, self.registry.root)
+            if detail == exc.detail:
+                raise
+            raise type(exc)(detail, **exc.extra) from exc
 
     def is_ready(self) -> tuple[bool, dict[str, str]]:
-        """Ready once scanned and every model with a `production` alias serves a version."""
-        problems: dict[str, str] = {}
+        report = self.readiness()
+        return report.ready, report.problems
+
+    def readiness(self) -> Readiness:
+        """Ready once scanned and every model with a `production` alias serves a version
+        (and every model's aliases were readable at least once). What is wrong while a
+        model still serves (last good aliases, an alias that cannot move) is a warning."""
         if not self.scanned:
-            return False, {"registry": "not scanned yet"}
-        for name, state in self._models.items():
-            if "production" in state.file_aliases and "production" not in state.serving:
-                target = state.file_aliases["production"]
-                problems[name] = state.load_errors.get(target, f"loading v{target}")
-        return not problems, problems
+            return Readiness(False, {"registry": "not scanned yet"}, {})
+        problems: dict[str, str] = {}
+        warnings: dict[str, list[str]] = {}
+        for name, state in sorted(self._models.items()):
+            notes: list[str] = []
+            if state.aliases_error is not None:
+                if not state.aliases_known:
+                    problems[name] = ALIASES_UNREADABLE
+                    continue
+                notes.append(f"{ALIASES_UNREADABLE}: serving the last good aliases")
+            for alias, target in sorted(state.file_aliases.items()):
+                if state.serving.get(alias) == target:
+                    continue
+                failure = state.failures.get(target)
+                why = f"{alias} -> v{target}: {failure.category if failure else LOADING}"
+                if alias not in state.serving:
+                    if alias == "production":
+                        problems[name] = why
+                    else:
+                        notes.append(why)
+                else:
+                    notes.append(f"{why} (serving v{state.serving[alias]})")
+            if notes:
+                warnings[name] = notes
+        return Readiness(not problems, problems, warnings)
 
     # ------------------------------------------------------------------ loading
     def _load(self, name: str, version: int) -> ServedVersion:
@@ -138,7 +239,11 @@ class ModelCache:
         with self._write_lock:
             state = self._models.get(name)
             if state is not None:
-                self._models = {**self._models, name: replace(state, loaded={**state.loaded, version: served})}
+                failures = {v: f for v, f in state.failures.items() if v != version}
+                self._models = {
+                    **self._models,
+                    name: replace(state, loaded={**state.loaded, version: served}, failures=failures),
+                }
             self._touch(name, version)
             self._evict()
         return served
@@ -199,37 +304,79 @@ class ModelCache:
                 self._models = {n: s for n, s in self._models.items() if n != name}
             return
         versions = tuple(self.registry.list_versions(name))
-        file_aliases = {a: v for a, v in self.registry.read_aliases(name).items()}
-        before = self._models.get(name) or ModelState(name=name)
+        before = self._models.get(name) or ModelState(name=name, aliases_known=False)
+        file_aliases, aliases_error, aliases_known = self._read_aliases(name, before, versions)
         loaded = dict(before.loaded)
-        errors = dict(before.load_errors)
+        failures = {v: f for v, f in before.failures.items() if v not in loaded}
         serving: dict[str, int] = {}
+        now = self._clock()
         for alias, target in file_aliases.items():
+            if target not in loaded and _may_load(target, versions, failures.get(target), now):
+                try:
+                    loaded[target] = self._load(name, target)
+                    failures.pop(target, None)
+                except ServiceError as exc:
+                    failures[target] = self._failed(name, target, exc, failures.get(target), now)
             if target in loaded:
                 serving[alias] = target
                 continue
-            if target not in versions or target in errors:
-                if alias in before.serving:  # keep the old one serving
-                    serving[alias] = before.serving[alias]
-                if target not in versions:
-                    errors.setdefault(target, f"v{target} does not exist")
-                continue
-            try:
-                loaded[target] = self._load(name, target)
-                serving[alias] = target
-            except ServiceError as exc:
-                errors[target] = exc.detail
-                log.error("refusing %s v%d: %s", name, target, exc.detail)
-                if alias in before.serving:
-                    serving[alias] = before.serving[alias]
+            if target not in versions:
+                failures.setdefault(target, LoadFailure(f"v{target} does not exist", kind="missing"))
+            if alias in before.serving:  # keep the old one serving
+                serving[alias] = before.serving[alias]
         with self._write_lock:
             keep = set(serving.values()) | {v for (n, v) in list(self._recent) if n == name}
             loaded = {v: s for v, s in loaded.items() if v in keep}
-            errors = {v: e for v, e in errors.items() if v in versions or v in file_aliases.values()}
+            failures = {
+                v: f for v, f in failures.items() if v not in loaded and (v in versions or v in file_aliases.values())
+            }
             self._models = {
                 **self._models,
-                name: ModelState(name, versions, file_aliases, serving, loaded, errors),
+                name: ModelState(name, versions, file_aliases, serving, loaded, failures, aliases_error, aliases_known),
             }
+
+    def _read_aliases(
+        self, name: str, before: ModelState, versions: tuple[int, ...]
+    ) -> tuple[dict[str, int], str | None, bool]:
+        """``(aliases, error, known)``: the file's aliases, or the last good ones and why the
+        file cannot be used. A file that vanished while versions exist and aliases were
+        known is suspect too (the Registry reads a missing file as no aliases)."""
+        try:
+            aliases = self.registry.read_aliases(name)
+        except AliasesUnreadable as exc:
+            error = exc.detail
+        except OSError as exc:  # e.g. permissions: the same for the service
+            error = f"{name}/{ALIASES} cannot be read: {exc.strerror or type(exc).__name__}"
+        else:
+            vanished = (
+                not aliases
+                and bool(before.file_aliases)
+                and bool(versions)
+                and not (self.registry.model_dir(name) / ALIASES).exists()
+            )
+            if not vanished:
+                if before.aliases_error is not None:
+                    log.warning("%s/%s is readable again: aliases %s", name, ALIASES, aliases)
+                return aliases, None, True
+            error = f"{name}/{ALIASES} has disappeared while the model has versions and aliases"
+        if error != before.aliases_error:  # once per change, not every poll
+            if before.aliases_known:
+                log.error("%s; serving the last good aliases %s", error, before.file_aliases)
+            else:
+                log.error("%s; no good aliases were ever read: %s serves nothing", error, name)
+        return dict(before.file_aliases), error, before.aliases_known
+
+    def _failed(
+        self, name: str, version: int, exc: ServiceError, previous: LoadFailure | None, now: float
+    ) -> LoadFailure:
+        """An integrity failure is final; any other is tried again after a backoff."""
+        if isinstance(exc, IntegrityError):
+            log.error("refusing %s v%d (not retried): %s", name, version, exc.detail)
+            return LoadFailure(exc.detail, kind="integrity")
+        attempts = (previous.attempts if previous is not None and previous.kind == "error" else 0) + 1
+        delay = min(self.retry_base * 2.0 ** min(attempts - 1, 30), self.retry_max)
+        log.error("cannot load %s v%d (attempt %d, next in %.0fs): %s", name, version, attempts, delay, exc.detail)
+        return LoadFailure(exc.detail, kind="error", attempts=attempts, retry_at=now + delay)
 
     async def watch(self, interval: float, stop: asyncio.Event) -> None:
         """Poll the registry every ``interval`` seconds until ``stop`` is set."""
@@ -244,11 +391,21 @@ class ModelCache:
                 log.exception("registry scan failed")
 
 
-def describe_state(state: ModelState) -> dict[str, Any]:
+def _may_load(target: int, versions: tuple[int, ...], failure: LoadFailure | None, now: float) -> bool:
+    if target not in versions:
+        return False
+    if failure is None or failure.kind == "missing":  # never tried, or published since
+        return True
+    return failure.retry_at is not None and now >= failure.retry_at
+
+
+def describe_state(state: ModelState, root: Path | str | None = None) -> dict[str, Any]:
+    """The state for the (authenticated) model detail: full reasons, without paths."""
     return {
         "versions": list(state.versions),
         "aliases": dict(state.file_aliases),
         "serving": dict(state.serving),
         "loaded_versions": sorted(state.loaded),
-        "load_errors": {str(v): e for v, e in sorted(state.load_errors.items())},
+        "load_errors": {str(v): scrub_paths(f.detail, root) for v, f in sorted(state.failures.items())},
+        "aliases_error": scrub_paths(state.aliases_error, root) if state.aliases_error is not None else None,
     }

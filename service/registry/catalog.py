@@ -17,7 +17,9 @@ def list_models(registry: Registry, cache: ModelCache) -> ModelList:
         with contextlib.suppress(ServiceError):
             spec = registry.read_spec(name)
         versions = registry.list_versions(name)
-        production = registry.read_aliases(name).get("production")
+        production = None
+        with contextlib.suppress(ServiceError):  # unreadable aliases: shown in the model's detail
+            production = registry.read_aliases(name).get("production")
         manifest = None
         if versions:
             with contextlib.suppress(ServiceError):
@@ -43,6 +45,9 @@ def list_models(registry: Registry, cache: ModelCache) -> ModelList:
 
 
 def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetail:
+    from service.errors import AliasesUnreadable
+    from service.registry.cache import scrub_paths
+
     registry.require_model(name)
     versions = []
     for v in registry.list_versions(name):
@@ -60,9 +65,21 @@ def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetai
             )
         )
     try:
-        state = describe_state(cache.state(name))
-    except ServiceError:
-        state = {"aliases": registry.read_aliases(name), "serving": {}, "loaded_versions": [], "load_errors": {}}
+        state = describe_state(cache.state(name), registry.root)
+    except ServiceError:  # not scanned yet: the file as it is
+        aliases: dict[str, int] = {}
+        aliases_error = None
+        try:
+            aliases = registry.read_aliases(name)
+        except AliasesUnreadable as exc:
+            aliases_error = scrub_paths(exc.detail, registry.root)
+        state = {
+            "aliases": aliases,
+            "serving": {},
+            "loaded_versions": [],
+            "load_errors": {},
+            "aliases_error": aliases_error,
+        }
     return ModelDetail(
         name=name,
         spec=registry.read_spec_raw(name),
@@ -71,6 +88,7 @@ def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetai
         serving=state["serving"],
         loaded_versions=state["loaded_versions"],
         load_errors=state["load_errors"],
+        aliases_error=state["aliases_error"],
     )
 
 
@@ -93,23 +111,17 @@ def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, ver
 
 
 def put_spec(registry: Registry, name: str, body: bytes, content_type: str | None) -> tuple[bool, dict]:
-    """Parse a JSON or YAML spec, validate it (allow-list included), store it atomically."""
-    import orjson
-    import yaml
-
+    """Parse a JSON or YAML spec within the document budgets, validate it (allow-list
+    included), store it atomically."""
+    from service.documents import load_document
     from service.errors import SpecError
 
     kind = (content_type or "").split(";")[0].strip().lower()
     if not body:
         raise SpecError("the body is empty: send the spec as JSON or YAML")
-    try:
-        raw = orjson.loads(body) if kind in ("application/json", "") else yaml.safe_load(body)
-    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(
-            f"the spec is not valid {'JSON' if kind in ('application/json', '') else 'YAML'}: {exc}"[:500]
-        ) from None
+    raw = load_document(body, "json" if kind in ("application/json", "") else "yaml", "the spec")
     if not isinstance(raw, dict):
         raise SpecError("a model spec must be an object")
-    existed = registry.read_spec_raw(name) is not None
+    existed = registry.spec_path(name).is_file()  # not parsed: a broken stored spec can be replaced
     registry.write_spec(name, raw)
     return not existed, raw

@@ -41,6 +41,7 @@ import pandas as pd
 import yaml
 from filelock import FileLock
 
+from service.documents import load_document
 from service.errors import (
     AliasesUnreadable,
     AliasNotFound,
@@ -48,10 +49,19 @@ from service.errors import (
     InvalidInput,
     InvalidName,
     ModelNotFound,
+    SpecError,
+    SpecFileInvalid,
     VersionLoadError,
     VersionNotFound,
 )
-from service.forecasting.specs import ModelSpec, jsonable, load_model_spec, parse_model_spec, qualified_name
+from service.forecasting.specs import (
+    ModelSpec,
+    jsonable,
+    load_model_spec,
+    parse_model_spec,
+    qualified_name,
+    stored_spec_invalid,
+)
 from service.tables import Schema, fingerprint, format_time, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -225,8 +235,14 @@ class Registry:
         path = self.spec_path(name)
         if not path.is_file():
             return None
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return raw if isinstance(raw, dict) else None
+        origin = f"{name}/{SPEC_FILE}"
+        try:
+            raw = load_document(path.read_bytes(), "yaml", origin)
+        except SpecError as exc:
+            raise stored_spec_invalid(origin, exc) from None
+        if not isinstance(raw, dict):
+            raise SpecFileInvalid(f"{origin} on disk is not a mapping (fix the file, or PUT a new spec)", file=origin)
+        return raw
 
     def write_spec(self, name: str, raw: Mapping[str, Any]) -> ModelSpec:
         """Validate (allow-list included) before anything is written; replace atomically."""
@@ -329,6 +345,8 @@ class Registry:
                 raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
             try:
                 aliases = self.read_aliases(name)
+                if not aliases and not (self.model_dir(name) / ALIASES).exists():
+                    aliases = dict(self._last_good_aliases.get(name, {}))  # deleted: keep the others
             except AliasesUnreadable as exc:  # rewrite from what this process last read as good
                 aliases = dict(self._last_good_aliases.get(name, {}))
                 log.warning("%s; rewriting it from the last good aliases %s", exc.detail, aliases)

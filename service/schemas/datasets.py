@@ -32,7 +32,9 @@ class GateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: Literal["MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE"] | None = None
-    tolerance: StrictFloat | StrictInt | None = Field(default=None, ge=0, description="Relative slack, 0.05 = 5%")
+    tolerance: StrictFloat | StrictInt | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Relative slack, 0.05 = 5% (finite)"
+    )
     folds: StrictInt | None = Field(default=None, ge=1, le=10, description="Recent windows compared (default 1)")
 
 

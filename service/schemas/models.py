@@ -38,6 +38,10 @@ class ModelDetail(BaseModel):
     serving: dict[str, int] = Field(description="Alias -> version this server answers with right now")
     loaded_versions: list[int]
     load_errors: dict[str, str] = Field(description="Versions that were refused, with the reason")
+    aliases_error: str | None = Field(
+        default=None,
+        description="Why aliases.json cannot be used right now; `aliases` are then the last good ones",
+    )
 
 
 class AliasUpdate(BaseModel):

@@ -209,9 +209,9 @@ def test_tampered_new_version_is_refused_and_the_old_one_keeps_serving(signed: R
 
         assert publish_naive(signed, seed=1) == 2
         plant_boom(signed, 2, marker)
-        # the alias flips at file level (an operator, a CI job): the server must refuse v2
-        aliases = {"production": 2}
-        atomic_write(signed.model_dir("toy") / "aliases.json", json.dumps(aliases).encode())
+        # the alias flips at file level by someone holding the key (an operator's CLI, a CI
+        # job): the aliases file verifies, the server must still refuse v2
+        Registry(signed.root, signing_key=KEY).set_alias("toy", "production", 2)
 
         def refused() -> bool:
             return "2" in client.get("/v1/models/toy").json()["load_errors"]
@@ -245,7 +245,9 @@ def test_signing_server_refuses_unsigned_registry_and_says_why(trained_registry_
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert ready.status_code == 503, ready.text
-        assert "not signed" in ready.json()["problems"]["airline"]
+        # an unsigned registry: its aliases.json is refused first (/readyz is open: a category)
+        assert ready.json()["problems"]["airline"] == "aliases.json unreadable"
+        assert "not signed" in client.get("/v1/models/airline").json()["aliases_error"]
         response = client.post("/v1/models/airline/predict", json={"horizon": 3})
         assert 400 <= response.status_code < 600 and response.status_code != 500, response.text
         assert "not signed" in response.json()["detail"]

@@ -20,13 +20,20 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: registry scanned and every production version loaded",
+    description="Open (no key): reasons are short categories; details are in `GET /v1/models/{name}`.",
     responses={503: {"description": "Not ready yet, with the reason per model"}},
 )
 async def readyz(cache: CacheDep, runtime: RuntimeDep) -> Response:
-    ready, problems = cache.is_ready()
+    report = cache.readiness()
+    ready, problems = report.ready, report.problems
     if runtime.training:
         ready, problems = False, {**problems, "training": "training models that have no version yet"}
-    body = {"status": "ready" if ready else "not ready", "models": cache.names(), "problems": problems}
+    body = {
+        "status": "ready" if ready else "not ready",
+        "models": cache.names(),
+        "problems": problems,
+        "warnings": report.warnings,
+    }
     return Response(encode_json(body), status_code=200 if ready else 503, media_type="application/json")
 
 

@@ -15,6 +15,8 @@ from service.api import problems
 from service.api.fastlane import PredictFastLane
 from service.api.limits import BodySizeLimit
 from service.api.routes import backtests, datasets, health, jobs, models, predict
+from service.api.timeouts import BodyTimeout
+from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
 from service.observability import RequestObserver
@@ -34,7 +36,7 @@ def prepare(runtime: Runtime) -> None:
     if runtime.settings.train_missing:
         runtime.training = True
         try:
-            train_missing(runtime.registry)
+            train_missing(runtime.registry, runtime.settings.sources_root)
         finally:
             runtime.training = False
     runtime.cache.refresh()
@@ -43,6 +45,9 @@ def prepare(runtime: Runtime) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     quiet_sktime_warnings()
+    # import every allow-listed library module now, before any thread starts: a scan that
+    # unpickles while another thread imports sklearn fails with 'partially initialized module'
+    allowed_classes()
     runtime = Runtime.build(settings)
 
     @contextlib.asynccontextmanager
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(PredictFastLane, runtime=runtime)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
     app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)
     app.include_router(predict.router)  # first: the hot route is matched first
     app.include_router(health.router)

@@ -125,7 +125,8 @@ def serve(
         reg = _registry(settings.registry)
         reg.cleanup_staging()
         missing = models_without_versions(reg)
-        if missing and sys.stderr.isatty():  # a person at a terminal: progress bars, then serve
+        # a person at a terminal: progress bars, then serve; --workers: here, once (each worker would train)
+        if missing and (sys.stderr.isatty() or workers > 1):
             err_console.print(f"training {len(missing)} model(s) without a version: {', '.join(missing)}")
             try:
                 train_models(reg, missing)
@@ -135,18 +136,11 @@ def serve(
             settings = settings.model_copy(update={"train_missing": True})
     if workers > 1:
         err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")
-        uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port, workers=workers)
+        _export_to_workers(settings)
+        uvicorn.run("service.app:create_app", factory=True, workers=workers, **_uvicorn_options(settings))
     else:
         application = create_app(settings)
-        config = uvicorn.Config(
-            application,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout),
-        )
+        config = uvicorn.Config(application, log_config=None, access_log=False, **_uvicorn_options(settings))
         BoundedShutdownServer(config, settings.shutdown_timeout + 5.0, application.state.runtime.runner).run()
         # in-flight sktime threads were given FORECAST_SHUTDOWN_TIMEOUT; do not wait for them
         # at interpreter exit (their answers have nowhere to go): exit now, cleanly
@@ -154,6 +148,34 @@ def serve(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _uvicorn_options(settings: Any) -> dict[str, Any]:
+    """What both serving paths give uvicorn: bind address, timeouts, the connection limit."""
+    from service.serving_protocol import protocol_factory
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "http": protocol_factory(settings.header_timeout),
+        "timeout_keep_alive": settings.keep_alive_timeout,  # typed int, used as a float (call_later)
+        "limit_concurrency": settings.max_connections,
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout),
+    }
+
+
+def _export_to_workers(settings: Any) -> None:
+    """uvicorn's workers import `create_app` afresh and build Settings from the environment:
+    every setting given here (flags included) goes there as its FORECAST_* variable."""
+    from pydantic import SecretStr
+
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is not None:
+            os.environ[f"FORECAST_{name.upper()}"] = (
+                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            )
 
 
 class BoundedShutdownServer:
@@ -408,7 +430,7 @@ def retrain(
     store = _job_store(registry)
     body = {k: v for k, v in {"promote": promote, "dataset_version": dataset_version}.items() if v is not None}
     try:
-        job, created = submit_retrain(store, reg, name, body, idempotency_key)
+        job, created = submit_retrain(store, reg, name, body, idempotency_key, sources_root=settings.sources_root)
     except ServiceError as exc:
         _fail(exc)
     err_console.print(f"{'queued' if created else 'existing'} retrain job {job.id} ({job.status})")

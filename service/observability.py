@@ -2,7 +2,8 @@
 
 One pure ASGI middleware times every request, gives it an ``X-Request-ID`` (echoed when
 the client sends a sane one), logs one JSON line (request id, method, route, status,
-duration, model, version — never headers or bodies) and feeds the latency histogram.
+duration, model, version — never headers or bodies) and feeds the latency histogram. A
+client that disconnects before the response starts is counted as status 499, not 500.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 access_log = logging.getLogger("service.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response started
 LOG_RECORD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -131,19 +134,30 @@ class RequestObserver:
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         status = 500
+        client_gone = answered = False  # answered: a response started while the client was there
         started = time.perf_counter()
 
+        async def watched_receive() -> Message:
+            nonlocal client_gone
+            message = await receive()
+            client_gone = client_gone or message["type"] == "http.disconnect"
+            return message
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], not client_gone
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, watched_receive, send_with_id)
+        except ClientDisconnect:
+            client_gone = True  # nobody to answer and nothing failed: no traceback, no 500
         finally:
+            if client_gone and not answered:
+                status = CLIENT_CLOSED_REQUEST
             duration = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.request_seconds.labels(route, scope["method"], str(status)).observe(duration)

@@ -45,6 +45,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _problem_response("Missing or invalid API key"),
     403: _problem_response("The key's role may not do this"),
     404: _problem_response("Unknown model, version, alias, series, job or dataset"),
+    408: _problem_response("The request body paused longer than FORECAST_BODY_TIMEOUT"),
     409: _problem_response("Conflict with the current state (a version that cannot load, a finished job)"),
     413: _problem_response("Body over the size limit"),
     429: _problem_response("Too many queued or running jobs for this key (Retry-After)"),
@@ -134,7 +135,13 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {400: "Malformed request", 404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+    titles = {
+        400: "Malformed request",
+        404: "Not found",
+        405: "Method not allowed",
+        408: "Request timeout",
+        413: "Payload too large",
+    }
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         # Starlette names only the first route that matched the path; list every method

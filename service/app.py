@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     task.result()
             runtime.jobs.dispose()
             runtime.executor.shutdown(wait=False, cancel_futures=True)
+            runtime.ingest.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="forecast-service",

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from service.datasets.store import DatasetStore
 from service.errors import NotReady
@@ -75,6 +75,8 @@ class Runtime:
     cache: ModelCache
     responses: ResponseCache
     executor: ThreadPoolExecutor
+    ingest: ThreadPoolExecutor  # parses uploads, apart from the live-predict threads
+    ingest_slots: threading.BoundedSemaphore  # queued + running ingest work (`ingest_capacity`)
     jobs: JobStore
     runner: JobRunner
     datasets: DatasetStore
@@ -82,6 +84,7 @@ class Runtime:
     metrics: Metrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     training: bool = False  # first-start training of models without versions is running
+    INGEST_QUEUE_FACTOR: ClassVar[int] = 2  # ingest work queued + running, per ingest thread
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -95,6 +98,8 @@ class Runtime:
             cache=ModelCache(registry, extra_versions=settings.version_cache_size, on_load=metrics.model_loaded),
             responses=ResponseCache(settings.response_cache_bytes),
             executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
+            ingest=ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest"),
+            ingest_slots=threading.BoundedSemaphore(cls.INGEST_QUEUE_FACTOR * settings.ingest_threads),
             jobs=jobs,
             runner=JobRunner(
                 jobs,
@@ -135,6 +140,28 @@ class Runtime:
             served = await self.run_blocking(self.cache.get, name, version, alias)
         return served
 
+    @property
+    def ingest_capacity(self) -> int:
+        return self.INGEST_QUEUE_FACTOR * self.settings.ingest_threads
+
+    async def run_ingest(self, func: Any, *args: Any) -> Any:
+        """Parse and store an upload on the ingest threads, apart from the live-predict ones.
+        At most `ingest_capacity` uploads are queued or running; beyond that a 503 (Retry-After).
+        A slot is freed when the work ends, not when a client that went away stops waiting."""
+        if not self.ingest_slots.acquire(blocking=False):
+            raise NotReady(
+                f"{self.ingest_capacity} uploads are being parsed or are waiting for it "
+                f"({self.settings.ingest_threads} at a time, setting FORECAST_INGEST_THREADS); retry shortly",
+                retry_after=2,
+            )
+        try:
+            future = self.ingest.submit(func, *args)
+        except BaseException:
+            self.ingest_slots.release()
+            raise
+        future.add_done_callback(lambda _: self.ingest_slots.release())
+        return await asyncio.wrap_future(future)
+
     async def run_blocking(self, func: Any, *args: Any, timeout: float | None = None) -> Any:
         """Run CPU work (sktime, matplotlib) on the worker threads, never on the event loop."""
         loop = asyncio.get_running_loop()
@@ -174,4 +201,5 @@ def worker_context(settings: Settings, registry: Registry) -> WorkerContext:
         owner=process_owner(),
         sql_url=settings.sql_url,
         signing_key=settings.signing_key.get_secret_value() if settings.signing_key else None,
+        sources_root=str(settings.sources_root.resolve()) if settings.sources_root else None,
     )

@@ -7,6 +7,8 @@ Canonical long table: key columns (``str``), one time column (``period[freq]`` o
 
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
 import io
 import math
@@ -21,8 +23,9 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc
+import pyarrow.parquet as pq
 
-from service.errors import InvalidTable
+from service.errors import InvalidInput, InvalidTable, LimitExceeded
 
 TOTAL = "__total"  # sktime's name for an aggregate node of a hierarchy
 
@@ -58,6 +61,59 @@ class Schema:
         return [*self.keys, self.time, *self.targets, *self.exogenous]
 
 
+@dataclass(frozen=True)
+class TableLimits:
+    """Budgets a wire table is checked against before it is parsed (defaults: the settings')."""
+
+    max_columns: int = 1000  # FORECAST_MAX_COLUMNS_PER_TABLE
+    max_rows: int = 200_000  # FORECAST_MAX_ROWS_PER_REQUEST
+    max_decoded_bytes: int = 512 * 2**20  # FORECAST_MAX_DECODED_BYTES
+
+
+def check_columns(count: int, what: str, limit: int) -> None:
+    """A table with more than ``limit`` columns is refused before any work on it."""
+    if count > limit:
+        raise LimitExceeded(
+            f"'{what}' has {count} columns; at most {limit} (setting FORECAST_MAX_COLUMNS_PER_TABLE)",
+            field=what,
+            maximum=limit,
+        )
+
+
+def json_containers(body: bytes, up_to: int) -> int:
+    """How many arrays and objects a JSON text holds, counted on its bytes without parsing it:
+    brackets outside strings (numpy; ~25 ms for 10 MB, where parsing 300k one-row columns
+    holds the GIL for 400 ms and builds 150 MB). Up to ``up_to`` the cheap count of all
+    brackets is returned, an upper bound. Exact for valid JSON; a parser stops at the first
+    error of an invalid one, before any container this count missed."""
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets <= up_to:
+        return brackets
+    # drop escaped backslashes, then escaped quotes: what is left quotes strings exactly
+    clean = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    raw = np.frombuffer(clean, dtype=np.uint8)
+    outside = (np.cumsum(raw == ord('"'), dtype=np.uint8) & 1) == 0
+    return int(np.count_nonzero(((raw == ord("[")) | (raw == ord("{"))) & outside))
+
+
+def csv_header_width(body: bytes) -> int:
+    """Fields in a CSV body's header record as pandas will read it, counted before pandas
+    parses anything (its header parsing is quadratic in the columns). A first line without
+    quotes is the record: its commas are counted on the bytes. With quotes, the csv module
+    reads the first record only (pandas' quoting rules: a quoted field may hold commas and
+    newlines, a quote inside an unquoted field is data). Blank lines before it are skipped."""
+    start = len(body) - len(body.lstrip(b"\r\n"))
+    ends = [i for i in (body.find(b"\n", start), body.find(b"\r", start)) if i >= 0]
+    line = body[start : min(ends)] if ends else body[start:]
+    if b'"' not in line:
+        return line.count(b",") + 1
+    text = io.TextIOWrapper(io.BytesIO(body[start:]), encoding="utf-8", errors="replace", newline="")
+    try:
+        return len(next(csv.reader(text), []))
+    except csv.Error as exc:  # a field over the csv module's 128 KiB
+        raise InvalidTable(f"the CSV header cannot be read: {exc}", field="body") from None
+
+
 # ----------------------------------------------------------------------------- times
 def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str) -> pd.Index:
     """Parse wire times: ISO 8601 strings (or pandas period strings like 1959Q1) to a
@@ -78,6 +134,12 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
                 row=bad[0],
             )
         return pd.Index(np.asarray([int(v) for v in series], dtype="int64"))
+    index = _parse_periods(series, freq, column)
+    _check_storable(index, series, freq, column)
+    return index
+
+
+def _parse_periods(series: pd.Series, freq: str, column: str) -> pd.PeriodIndex:
     if isinstance(series.dtype, pd.PeriodDtype):
         return pd.PeriodIndex(series).asfreq(freq)
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
@@ -115,6 +177,43 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
         raise InvalidTable(f"column '{column}' has unparseable times", column=column) from None
 
 
+@functools.lru_cache(maxsize=64)
+def storable_periods(freq: str) -> tuple[pd.Period, pd.Period]:
+    """The first and last period of ``freq`` that lie wholly inside pandas' Timestamp range
+    (1677-09-21 .. 2262-04-11): only those can be stored (Parquet) and written as times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Period with BDay freq is deprecated
+        first, last = pd.Period(pd.Timestamp.min, freq=freq), pd.Period(pd.Timestamp.max, freq=freq)
+        return (first if _storable(first) else first + 1), (last if _storable(last) else last - 1)
+
+
+def _storable(period: pd.Period) -> bool:
+    try:
+        period.start_time, period.end_time  # noqa: B018 - the properties raise when out of range
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+def _check_storable(index: pd.PeriodIndex, values: pd.Series, freq: str, column: str) -> None:
+    """Refuse missing (``NaT``) times and periods beyond pandas' Timestamp range, naming the row."""
+    missing = np.asarray(index.isna())
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise InvalidTable(f"column '{column}' row {row}: {values.iloc[row]!r} is not a time", column=column, row=row)
+    first, last = storable_periods(freq)
+    ordinals = index.asi8
+    outside = (ordinals < first.ordinal) | (ordinals > last.ordinal)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise InvalidTable(
+            f"column '{column}' row {row}: {values.iloc[row]!r} is outside the times that can be stored at "
+            f"frequency {freq} ({first} .. {last}; pandas timestamps span 1677-09-21 .. 2262-04-11)",
+            column=column,
+            row=row,
+        )
+
+
 INT_TIME_LIMIT = 2**62  # integer time steps beyond this do not fit pandas' int64 arithmetic
 
 
@@ -129,7 +228,16 @@ def _is_integer(value: Any) -> bool:
 def format_times(index: pd.Index) -> np.ndarray:
     """Times for the wire: ISO 8601 (period start), integers for integer indices."""
     if isinstance(index, pd.PeriodIndex):
-        starts = index.start_time.values  # numpy formats ~50x faster than strftime
+        try:
+            starts = index.start_time.values  # numpy formats ~50x faster than strftime
+        except (ValueError, OverflowError):  # OutOfBoundsDatetime: a forecast reaching past 2262-04-11
+            first, last = storable_periods(index.freqstr)
+            beyond = index[(index.asi8 < first.ordinal) | (index.asi8 > last.ordinal)]
+            raise InvalidInput(
+                f"the forecast reaches {beyond[0] if len(beyond) else index[-1]}, outside the times that can be "
+                f"written at frequency {index.freqstr} ({first} .. {last}); ask for fewer steps",
+                field="horizon",
+            ) from None
         whole_days = (starts == starts.astype("datetime64[D]")).all()
         return np.datetime_as_string(starts, unit="D" if whole_days else "s").astype(object)
     if isinstance(index, pd.DatetimeIndex):
@@ -151,10 +259,12 @@ def format_time(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- wire -> pandas
-def wire_to_frame(table: Any, what: str) -> pd.DataFrame:
-    """A column-oriented JSON table ``{"col": [...], ...}`` to a DataFrame; shape checked."""
+def wire_to_frame(table: Any, what: str, max_columns: int = TableLimits.max_columns) -> pd.DataFrame:
+    """A column-oriented JSON table ``{"col": [...], ...}`` to a DataFrame; the column count is
+    checked before anything else, then the shape."""
     if not isinstance(table, Mapping) or not table:
         raise InvalidTable(f"'{what}' must be a non-empty object of columns", field=what)
+    check_columns(len(table), what, max_columns)
     lengths = {}
     for name, column in table.items():
         if not isinstance(column, list):
@@ -510,19 +620,35 @@ def decode_arrow(data: bytes) -> pd.DataFrame:
     return pa.ipc.open_stream(data).read_pandas()
 
 
-def read_upload(body: bytes, content_type: str | None, what: str = "body") -> pd.DataFrame:
-    """An uploaded table: CSV, a column-oriented JSON table, or Parquet."""
+PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet")
+
+
+def read_upload(
+    body: bytes, content_type: str | None, what: str = "body", limits: TableLimits = TableLimits()
+) -> pd.DataFrame:
+    """An uploaded table: CSV, a column-oriented JSON table, or Parquet. Columns (and for
+    Parquet rows and decoded size) are checked against ``limits`` before the body is parsed."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if not body:
         raise InvalidTable(f"the {what} is empty: send a CSV, JSON table or Parquet file", field=what)
     try:
         if kind in ("text/csv", "application/csv"):
+            # pandas' header parsing is quadratic in the columns (100k: 74 s): count them first
+            check_columns(csv_header_width(body), what, limits.max_columns)
             return pd.read_csv(io.BytesIO(body))
-        if kind in ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet"):
-            return pd.read_parquet(io.BytesIO(body))
+        if kind in PARQUET_TYPES:
+            return _read_parquet_upload(body, what, limits)
         if kind in ("application/json", ""):
-            return wire_to_frame(orjson.loads(body), what)
-    except InvalidTable:
+            containers = json_containers(body, limits.max_columns + 1)
+            if containers > limits.max_columns + 1:
+                raise LimitExceeded(
+                    f"the {what} holds {containers} JSON arrays and objects: a table is one object of at most "
+                    f"{limits.max_columns} column arrays (setting FORECAST_MAX_COLUMNS_PER_TABLE) with scalar cells",
+                    field=what,
+                    maximum=limits.max_columns,
+                )
+            return wire_to_frame(orjson.loads(body), what, limits.max_columns)
+    except InvalidInput:
         raise
     except (ValueError, TypeError, pa.ArrowException, pd.errors.ParserError, orjson.JSONDecodeError) as exc:
         raise InvalidTable(f"the {what} cannot be read as {kind or 'JSON'}: {exc}"[:500], field=what) from None
@@ -530,3 +656,69 @@ def read_upload(body: bytes, content_type: str | None, what: str = "body") -> pd
         f"unsupported content type {kind!r}: use text/csv, application/json or application/vnd.apache.parquet",
         field="content-type",
     )
+
+
+# what pyarrow raises on a malformed file: ArrowException subclasses, and plain OSError
+# ("Couldn't deserialize thrift") among others
+_PARQUET_ERRORS = (
+    pa.ArrowException,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    NotImplementedError,
+    EOFError,
+)
+PARQUET_BATCH_ROWS = 65_536  # decoded bytes are counted after each batch of this many rows
+
+
+def _read_parquet_upload(body: bytes, what: str, limits: TableLimits) -> pd.DataFrame:
+    """Parquet, its footer checked before any page is decoded (a 341 KB file can hold 40M
+    rows), then decoded a batch at a time with the decoded bytes counted: the footer is the
+    client's word, and its sizes are of encoded pages (4M zeros: 32 KB "uncompressed", 64 MB
+    decoded). Read with pyarrow, without the pandas metadata a client may have written wrong."""
+    try:
+        file = pq.ParquetFile(pa.BufferReader(body))
+        meta, schema = file.metadata, file.schema_arrow
+        check_columns(meta.num_columns, what, limits.max_columns)
+        if meta.num_rows > limits.max_rows:
+            raise LimitExceeded(
+                f"the {what} has {meta.num_rows} rows; at most {limits.max_rows} "
+                "(setting FORECAST_MAX_ROWS_PER_REQUEST)",
+                field=what,
+                maximum=limits.max_rows,
+            )
+        encoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        fixed = meta.num_rows * sum(_decoded_width(field.type) for field in schema)
+        _check_decoded(max(encoded, fixed), what, limits.max_decoded_bytes)
+        batches, decoded = [], 0
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            decoded += batch.nbytes
+            _check_decoded(decoded, what, limits.max_decoded_bytes)
+            batches.append(batch)
+        table = pa.Table.from_batches(batches) if batches else schema.empty_table()
+        # without the schema's metadata: pandas' (JSON a client wrote) is never parsed
+        return table.replace_schema_metadata(None).to_pandas()
+    except InvalidInput:
+        raise
+    except _PARQUET_ERRORS as exc:
+        raise InvalidTable(f"the {what} cannot be read as Parquet: {str(exc).strip()}"[:500], field=what) from None
+
+
+def _decoded_width(kind: pa.DataType) -> int:
+    """Bytes a value of ``kind`` takes decoded; for variable widths only its offset (the
+    content is counted while decoding)."""
+    try:
+        return max(kind.bit_width // 8, 1)
+    except ValueError:
+        return 4
+
+
+def _check_decoded(size: int, what: str, limit: int) -> None:
+    if size > limit:
+        raise LimitExceeded(
+            f"the {what} decodes to {size} bytes; at most {limit} (setting FORECAST_MAX_DECODED_BYTES)",
+            field=what,
+            maximum=limit,
+        )

@@ -6,7 +6,7 @@ from typing import Any
 
 from service.datasets.store import Roles
 from service.errors import InvalidInput, LimitExceeded, NotFound, ServiceError
-from service.tables import read_upload
+from service.tables import TableLimits, read_upload
 
 
 def _roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) -> Roles:
@@ -37,6 +37,13 @@ def _roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) ->
     )
 
 
+def _limits(runtime: Any) -> TableLimits:
+    s = runtime.settings
+    return TableLimits(
+        max_columns=s.max_columns_per_table, max_rows=s.max_rows_per_request, max_decoded_bytes=s.max_decoded_bytes
+    )
+
+
 def _check_rows(runtime: Any, frame: Any) -> None:
     limit = runtime.settings.max_rows_per_request
     if len(frame) > limit:
@@ -46,7 +53,7 @@ def _check_rows(runtime: Any, frame: Any) -> None:
 def upload(
     runtime: Any, name: str, body: bytes, content_type: str | None, given: dict[str, Any], model: str | None
 ) -> dict[str, Any]:
-    frame = read_upload(body, content_type)
+    frame = read_upload(body, content_type, limits=_limits(runtime))
     _check_rows(runtime, frame)
     roles = _roles(runtime, name, given, model)
     runtime.datasets.put(name, frame, roles)
@@ -55,7 +62,7 @@ def upload(
 
 def append(runtime: Any, name: str, body: bytes, content_type: str | None) -> dict[str, Any]:
     runtime.datasets.describe(name)  # 404 before parsing
-    frame = read_upload(body, content_type)
+    frame = read_upload(body, content_type, limits=_limits(runtime))
     _check_rows(runtime, frame)
     runtime.datasets.append(name, frame)
     return runtime.datasets.describe(name)

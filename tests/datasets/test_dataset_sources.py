@@ -115,12 +115,15 @@ def test_csv_and_parquet_path_sources(stores: tuple[Registry, DatasetStore], tmp
         f"csvair.source@{result['data']['version']}"
     )
 
-    # an absolute Parquet path with real timestamps: the same canonical table, the same hash
+    # an absolute Parquet path under the sources root, with real timestamps: the same
+    # canonical table, the same hash; outside the root it is refused
     parquet = tmp_path / "elsewhere" / "airline.parquet"
     parquet.parent.mkdir()
     frame.assign(month=pd.to_datetime(frame["month"])).to_parquet(parquet, index=False)
     registry.write_spec("pqair", spec({"path": str(parquet)}))
-    other = retrain(registry, datasets, "pqair", RetrainParams())
+    with pytest.raises(SpecError, match="outside"):
+        retrain(registry, datasets, "pqair", RetrainParams())
+    other = retrain(registry, datasets, "pqair", RetrainParams(), sources_root=parquet.parent)
     assert other["data"] == {"dataset": "pqair.source", "version": result["data"]["version"]}
 
     registry.write_spec("lost", spec({"path": "missing.csv"}))
@@ -137,7 +140,7 @@ def test_a_long_model_name_with_a_declared_source_can_be_retrained(
     csv = tmp_path / "airline.csv"
     airline_frame().to_csv(csv, index=False)
     registry.write_spec(name, spec({"path": str(csv)}))
-    result = retrain(registry, datasets, name, RetrainParams())
+    result = retrain(registry, datasets, name, RetrainParams(), sources_root=tmp_path)
     assert result["version"] == 1 and result["promoted"]
 
 

@@ -7,18 +7,21 @@ from fastapi import APIRouter, Path, Query, Request
 from service.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.datasets import uploads
+from service.datasets.store import DATASET_NAME
 from service.schemas.datasets import DatasetInfo, DatasetList
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
 TABLE_BODY = {
     "content": {
-        "text/csv": {"schema": {"type": "string"}},
-        "application/json": {"schema": {"type": "object", "additionalProperties": {"type": "array"}}},
-        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+        "text/csv": {"schema": {"type": "string", "minLength": 1}},
+        "application/json": {
+            "schema": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "array"}}
+        },
+        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
     },
     "required": True,
 }
-DatasetName = Annotated[str, Path(description="Dataset name", examples=["sales"])]
+DatasetName = Annotated[str, Path(description="Dataset name", examples=["sales"], pattern=DATASET_NAME.pattern)]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -31,7 +34,7 @@ def _csv(value: str | None) -> list[str] | None:
     summary="Upload a whole table: a new immutable version (CSV, JSON table or Parquet) (admin)",
     dependencies=[AdminAccess],
     openapi_extra={"requestBody": TABLE_BODY},
-    responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM},
+    responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM, 503: PROBLEM},
 )
 async def put_dataset(
     name: DatasetName,
@@ -46,7 +49,7 @@ async def put_dataset(
 ) -> DatasetInfo:
     body = await request.body()
     roles = {"time": time, "targets": _csv(targets), "keys": _csv(keys), "exogenous": _csv(exogenous), "freq": freq}
-    doc = await runtime.run_blocking(
+    doc = await runtime.run_ingest(
         uploads.upload, runtime, name, body, request.headers.get("content-type"), roles, model
     )
     return DatasetInfo(**doc)
@@ -58,11 +61,11 @@ async def put_dataset(
     summary="Append rows (same key+time replaces): a new version (admin)",
     dependencies=[AdminAccess],
     openapi_extra={"requestBody": TABLE_BODY},
-    responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM},
+    responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM, 503: PROBLEM},
 )
 async def append_observations(name: DatasetName, request: Request, runtime: RuntimeDep) -> DatasetInfo:
     body = await request.body()
-    doc = await runtime.run_blocking(uploads.append, runtime, name, body, request.headers.get("content-type"))
+    doc = await runtime.run_ingest(uploads.append, runtime, name, body, request.headers.get("content-type"))
     return DatasetInfo(**doc)
 
 

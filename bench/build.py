@@ -86,7 +86,7 @@ def train(root: Path, name: str) -> dict[str, Any]:
 
 def build_registry(root: Path, panel_series: int, panel_length: int) -> dict[str, Any]:
     """Write both specs and train both models; what was built, with timings."""
-    from service.app import quiet_sktime_warnings
+    from service.observability import quiet_sktime_warnings
 
     quiet_sktime_warnings()
     root.mkdir(parents=True, exist_ok=True)

@@ -5,30 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import warnings
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
 from service import __version__
 from service.api import problems
-from service.api.fastlane import PredictFastLane
 from service.api.limits import BodySizeLimit
 from service.api.routes import backtests, datasets, health, jobs, models, predict
 from service.api.timeouts import BodyTimeout
 from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
-from service.observability import RequestObserver
+from service.observability import RequestObserver, quiet_sktime_warnings
 from service.runtime import Runtime
+from service.serving.fastlane import PredictFastLane
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def quiet_sktime_warnings() -> None:
-    """sktime 1.2 warns on every estimator it clones about a 1.3 default; ours set it."""
-    warnings.filterwarnings("ignore", message=".*remember_data.*", category=FutureWarning)
 
 
 def prepare(runtime: Runtime) -> None:
@@ -95,7 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     problems.install(app)
-    app.add_middleware(PredictFastLane, runtime=runtime)
+    app.add_middleware(
+        PredictFastLane,
+        responses=runtime.responses,
+        cache=runtime.cache,
+        keys=runtime.keys,
+        metrics=runtime.metrics,
+        max_body_bytes=settings.max_body_bytes,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
     app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from service.errors import ServiceError
+from service.forecasting.specs import read_spec
 
 app = typer.Typer(help="Serve sktime forecasters from a versioned model registry.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect the registry.", no_args_is_help=True)
@@ -41,7 +42,7 @@ def _settings(registry: Path | None = None, **overrides: Any) -> Any:
 
 
 def _registry(registry: Path | None) -> Any:
-    from service.app import quiet_sktime_warnings
+    from service.observability import quiet_sktime_warnings
     from service.registry.store import Registry
 
     quiet_sktime_warnings()
@@ -223,7 +224,7 @@ def models_list(registry: RegistryOption = None) -> None:
     for name in reg.list_models():
         spec = None
         try:
-            spec = reg.read_spec(name)
+            spec = read_spec(reg, name)
         except ServiceError as exc:
             err_console.print(f"[yellow]{name}: {exc.detail}[/yellow]")
         versions = reg.list_versions(name)
@@ -421,8 +422,9 @@ def retrain(
     idempotency_key: Annotated[str | None, typer.Option(help="Same key, same job")] = None,
 ) -> None:
     """Queue a retrain in the job store (a running server picks it up), or run it with --wait."""
-    from service.jobs.retrains import submit_retrain
-    from service.jobs.runner import JobRunner, LocalProcessExecutor
+    from service.jobs.executors.local import LocalProcessExecutor
+    from service.jobs.runner import JobRunner
+    from service.jobs.submit import submit_retrain
     from service.runtime import worker_context
 
     settings = _settings(registry)

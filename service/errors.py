@@ -106,6 +106,10 @@ class SpecFileInvalid(Conflict):
 
     title = "Stored model spec is invalid"
 
+    @classmethod
+    def about(cls, origin: str, detail: str) -> SpecFileInvalid:
+        return cls(f"{origin} on disk is invalid: {detail} (fix the file, or PUT a new spec)"[:2000], file=origin)
+
 
 class AliasesUnreadable(Conflict):
     """``aliases.json`` is not valid JSON, has wrong types, or fails its signature.

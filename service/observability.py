@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import uuid
+import warnings
 from contextvars import ContextVar
 from typing import Any
 
@@ -159,9 +160,10 @@ class RequestObserver:
             if client_gone and not answered:
                 status = CLIENT_CLOSED_REQUEST
             duration = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.request_seconds.labels(route, scope["method"], str(status)).observe(duration)
             state = scope.get("state") or {}
+            # the matched route's template; the fast lane names the route it answers for
+            route = getattr(scope.get("route"), "path", None) or state.get("route") or "unmatched"
+            self.metrics.request_seconds.labels(route, scope["method"], str(status)).observe(duration)
             if self.access_log:
                 access_log.info(
                     "request",
@@ -175,3 +177,8 @@ class RequestObserver:
                     },
                 )
             request_id_var.reset(token)
+
+
+def quiet_sktime_warnings() -> None:
+    """sktime 1.2 warns on every estimator it clones about a 1.3 default; ours set it."""
+    warnings.filterwarnings("ignore", message=".*remember_data.*", category=FutureWarning)

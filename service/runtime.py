@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,58 +13,18 @@ from typing import Any, ClassVar, TypeVar
 from service.datasets.store import DatasetStore
 from service.errors import NotReady
 from service.forecasting.served import Limits
-from service.jobs.runner import JobExecutor, JobRunner, LocalProcessExecutor, WorkerContext
+from service.jobs.context import WorkerContext
+from service.jobs.executors.local import LocalProcessExecutor
+from service.jobs.runner import JobExecutor, JobRunner
 from service.jobs.store import JobStore, process_owner
 from service.observability import Metrics
-from service.registry.cache import ModelCache
 from service.registry.store import Registry
 from service.security import KeyRing
+from service.serving.cache import ModelCache
+from service.serving.responses import ResponseCache
 from service.settings import Settings
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class CachedAnswer:
-    """A serialised fast-path answer. ``follows_production``: the body named no version,
-    so it is valid only while production still points at ``version``."""
-
-    version: int
-    follows_production: bool
-    payload: bytes
-    headers: tuple[tuple[bytes, bytes], ...]
-
-
-class ResponseCache:
-    """LRU of serialised fast-path answers keyed by (model, exact body bytes, media type),
-    bounded by bytes. Versions are immutable, so entries never go stale, only evicted."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._items: OrderedDict[tuple[str, bytes, str], CachedAnswer] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, bytes, str]) -> CachedAnswer | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: tuple[str, bytes, str], value: CachedAnswer) -> None:
-        cost = len(value.payload) + len(key[1])
-        if cost > self.max_bytes // 4:
-            return
-        with self._lock:
-            previous = self._items.pop(key, None)
-            if previous is not None:
-                self.size -= len(previous.payload) + len(key[1])
-            self._items[key] = value
-            self.size += cost
-            while self.size > self.max_bytes:
-                old_key, old = self._items.popitem(last=False)
-                self.size -= len(old.payload) + len(old_key[1])
 
 
 @dataclass
@@ -181,7 +140,7 @@ class Runtime:
 def make_executor(settings: Settings) -> JobExecutor:
     """Local processes by default; a Dask distributed cluster when its address is set."""
     if settings.dask_scheduler:
-        from service.jobs.dask_executor import DaskExecutor
+        from service.jobs.executors.dask import DaskExecutor  # needs the scale extra: only when asked for
 
         if settings.resolved_jobs_url.startswith("sqlite"):
             logging.getLogger(__name__).warning(

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.security import parse_keys
+
 
 class Settings(BaseSettings):
     # an empty variable counts as unset: FORECAST_API_KEYS= must not mean "no keys, open"
@@ -113,8 +115,6 @@ class Settings(BaseSettings):
     def _no_open_server_off_loopback(self) -> Settings:
         if self.api_keys is not None and not self.api_keys.get_secret_value().strip():
             self.api_keys = None  # blank keys are no keys
-        from service.security import parse_keys
-
         if self.api_keys is not None:
             parse_keys(self.api_keys.get_secret_value(), "FORECAST_API_KEYS")
         if self.api_keys_file is not None:

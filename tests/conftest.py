@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, quiet_sktime_warnings
+from service.app import create_app
 from service.forecasting.training import train_and_publish
+from service.observability import quiet_sktime_warnings
 from service.registry.store import Registry
 from service.settings import Settings
 

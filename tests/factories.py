@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from sktime.forecasting.naive import NaiveForecaster
 
-from service.registry.store import PublishRequest, Registry
+from service.forecasting.publishing import PublishRequest, publish_version
+from service.registry.store import Registry
 from service.tables import Schema, canonical_table, to_sktime
 
 SCHEMA = Schema(kind="panel", keys=("series",), time="month", targets=("y",), freq="M")
@@ -37,7 +38,7 @@ def fit_naive(table: pd.DataFrame) -> NaiveForecaster:
 
 def publish_naive(registry: Registry, name: str = "toy", seed: int = 0) -> int:
     table = small_panel(seed=seed)
-    return registry.publish(name, fit_naive(table), PublishRequest(training=table, schema=SCHEMA, horizon=3))
+    return publish_version(registry, name, fit_naive(table), PublishRequest(training=table, schema=SCHEMA, horizon=3))
 
 
 class Boom:

@@ -8,9 +8,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
 
 from service.jobs.store import JobStore
-from service.registry.cache import ModelCache
 from service.registry.store import Registry
 from service.runtime import Runtime
+from service.serving.cache import ModelCache
 from service.settings import Settings
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from filelock import FileLock
 
 from service.errors import InvalidInput, InvalidName, NotFound
-from service.registry.store import atomic_write
+from service.fileio import atomic_write
 from service.tables import Schema, canonical_table, fingerprint, format_time, read_parquet, write_parquet
 
 # model names are 1-64 characters; a declared source is snapshotted as "<model>.source"

@@ -3,9 +3,10 @@ metrics from the fold data it returns. Reused by the retrain gate."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -104,6 +105,28 @@ class BacktestRequest:
     coverage: tuple[float, ...] = ()
     quantiles: tuple[float, ...] = ()
     series: tuple[tuple[str, ...], ...] | None = None
+
+    def to_params(self) -> dict[str, Any]:
+        """The request as a job's JSON params (`from_params` reads it back)."""
+        return {
+            "splitter": dataclasses.asdict(self.splitter),
+            "strategy": self.strategy,
+            "metrics": list(self.metrics),
+            "coverage": list(self.coverage),
+            "quantiles": list(self.quantiles),
+            "series": [list(s) for s in self.series] if self.series is not None else None,
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> BacktestRequest:
+        return cls(
+            splitter=SplitterSpec(**params["splitter"]),
+            strategy=params["strategy"],
+            metrics=tuple(params["metrics"]),
+            coverage=tuple(params.get("coverage") or ()),
+            quantiles=tuple(params.get("quantiles") or ()),
+            series=tuple(tuple(s) for s in params["series"]) if params.get("series") is not None else None,
+        )
 
 
 def validate_request(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.forecasting.predict import private_copy
+from service.forecasting.predict import future_index, private_copy
 from service.tables import Schema
 
 
@@ -23,7 +23,6 @@ def probe_exogenous(training_x: pd.DataFrame | None, schema: Schema, fh_steps: i
     """Future exogenous values for a capability probe: the last observed row repeated."""
     if training_x is None or not schema.exogenous:
         return None
-    from service.forecasting.predict import future_index
 
     index = future_index(training_x.index, list(range(1, fh_steps + 1)))
     if isinstance(training_x.index, pd.MultiIndex):

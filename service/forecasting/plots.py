@@ -11,9 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from service.errors import InvalidInput
+from service.errors import Conflict, InvalidInput, SeriesNotFound
+from service.forecasting.backtest import default_plot_series
 from service.forecasting.served import Limits, PredictQuery, ServedVersion
-from service.tables import TOTAL, interval_columns, parse_times, to_sktime
+from service.tables import TOTAL, Schema, interval_columns, parse_times, to_sktime
 
 MAX_SERIES_IN_PLOT = 6
 
@@ -69,10 +70,6 @@ def _x(index: pd.Index) -> Any:
 def backtest_png(jobs: Any, data_dir: str, job_id: str, series: str | None) -> bytes:
     """Actuals vs forecasts of every fold of a finished backtest, for one series."""
     from pathlib import Path
-
-    from service.errors import Conflict, SeriesNotFound
-    from service.forecasting.backtest import default_plot_series
-    from service.tables import Schema
 
     job = jobs.get(job_id)
     if job.kind != "backtest" or job.status != "succeeded":

@@ -1,16 +1,132 @@
-"""Publishing a forecaster fitted outside the service (notebook, script)."""
+"""Building a version: capability probe, precompute, manifest content; the finished
+files go to the registry store (`Registry.write_version`). Also publishing a forecaster
+fitted outside the service (notebook, script)."""
 
 from __future__ import annotations
 
+import io
+import pickle
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import joblib
+import pandas as pd
 
 from service.errors import InvalidInput
-from service.registry.store import PublishRequest, Registry
-from service.tables import Schema, canonical_table, from_sktime
+from service.fileio import sha256_bytes
+from service.forecasting.capabilities import probe_capabilities
+from service.forecasting.predict import cutoff_of, private_copy, run_forecast
+from service.forecasting.specs import jsonable, qualified_name, read_spec
+from service.registry.store import (
+    ARTIFACT,
+    FORECAST,
+    MANIFEST_FORMAT,
+    TRAINING,
+    Registry,
+    library_versions,
+    validate_name,
+)
+from service.tables import Schema, canonical_table, fingerprint, format_time, from_sktime, write_parquet
+
+
+@dataclass
+class PublishRequest:
+    """Everything a new version records besides the fitted forecaster itself."""
+
+    training: pd.DataFrame
+    schema: Schema
+    horizon: int
+    coverage: list[float] = field(default_factory=list)
+    quantiles: list[float] = field(default_factory=list)
+    spec: Mapping[str, Any] | None = None
+    source: Mapping[str, Any] | None = None
+    dataset_version: str | None = None
+    job_id: str | None = None
+    fit_seconds: float | None = None
+    metrics: Mapping[str, Any] | None = None
+    precompute: bool = True
+
+
+def publish_version(registry: Registry, name: str, forecaster: Any, request: PublishRequest) -> int:
+    """Probe, precompute, describe, then hand the files to the store; returns the new
+    version's number (never exposes half a version)."""
+    validate_name(name)
+    if getattr(forecaster, "is_fitted", True) is False:
+        raise InvalidInput("the forecaster is not fitted", model=name)
+    schema = request.schema
+    artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
+    training_x = getattr(forecaster, "_X", None)
+    capabilities = probe_capabilities(forecaster, schema, training_x)
+    coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
+    quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
+    precomputed = None
+    if request.precompute and not schema.exogenous:
+        # a private copy: predicting writes to the forecaster (sktime), the artifact must not change
+        precomputed = run_forecast(
+            private_copy(forecaster), schema, list(range(1, request.horizon + 1)), coverage, quantiles
+        )
+    cutoff = cutoff_of(forecaster)
+    table = request.training
+    times = table[schema.time]
+    series = table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
+    files: dict[str, bytes] = {ARTIFACT: artifact, TRAINING: _parquet_bytes(table, schema)}
+    if precomputed is not None:
+        files[FORECAST] = _parquet_bytes(precomputed, schema)
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "model": name,
+        "version": None,  # set under the lock
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "artifact": {
+            "file": ARTIFACT,
+            "format": "pickle",
+            "sha256": sha256_bytes(artifact),
+            "size": len(artifact),
+        },
+        "files": {n: {"sha256": sha256_bytes(b), "size": len(b)} for n, b in files.items()},
+        "forecaster": {
+            "class": qualified_name(forecaster),
+            "params": jsonable(forecaster.get_params(deep=False)) if hasattr(forecaster, "get_params") else {},
+        },
+        "spec": jsonable(dict(request.spec)) if request.spec is not None else None,
+        "schema": schema.to_dict(),
+        "kind": schema.kind,
+        "freq": schema.freq,
+        "cutoff": format_time(cutoff),
+        "horizon": int(request.horizon),
+        "series": {"keys": list(schema.keys), "count": max(len(series), 1), "ids": series},
+        "training": {
+            "file": TRAINING,
+            "fingerprint": fingerprint(table, schema),
+            "rows": len(table),
+            "start": format_time(times.min()),
+            "end": format_time(times.max()),
+            "source": jsonable(dict(request.source)) if request.source else None,
+            "dataset_version": request.dataset_version,
+        },
+        "precomputed": {
+            "file": FORECAST if precomputed is not None else None,
+            "horizon": int(request.horizon) if precomputed is not None else 0,
+            "coverage": coverage if precomputed is not None else [],
+            "quantiles": quantiles if precomputed is not None else [],
+        },
+        "capabilities": capabilities,
+        "libraries": library_versions(),
+        "job_id": request.job_id,
+        "fit_seconds": request.fit_seconds,
+        "metrics": jsonable(dict(request.metrics)) if request.metrics else {},
+    }
+    return registry.write_version(name, files, manifest)
+
+
+def _parquet_bytes(table: pd.DataFrame, schema: Schema) -> bytes:
+    buffer = io.BytesIO()
+    write_parquet(table, schema, buffer)  # type: ignore[arg-type]
+    return buffer.getvalue()
 
 
 def read_fitted(path: Path) -> Any:
@@ -30,13 +146,13 @@ def read_fitted(path: Path) -> Any:
 
 def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int | None = None) -> int:
     """Publish with the training data the forecaster remembers (sktime ``_y``/``_X``)."""
-    if getattr(forecaster, "_is_fitted", False) is not True:
+    if getattr(forecaster, "is_fitted", False) is not True:
         raise InvalidInput("the file does not hold a fitted sktime forecaster")
     y = getattr(forecaster, "_y", None)
     if y is None:
         raise InvalidInput("the forecaster remembers no training data (set_config(remember_data=True) before fit)")
     long, facts = from_sktime(y, getattr(forecaster, "_X", None))
-    spec = registry.read_spec(name)
+    spec = read_spec(registry, name)
     schema = Schema(
         **{
             **facts,
@@ -46,7 +162,8 @@ def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int 
         }
     )
     table = canonical_table(long, schema, what="training data")
-    return registry.publish(
+    return publish_version(
+        registry,
         name,
         forecaster,
         PublishRequest(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service.documents import load_document
 from service.errors import SpecError, SpecFileInvalid
 from service.forecasting.allowlist import ALLOWED, allowed_classes, refused_param
+from service.registry.store import SPEC_FILE, Registry
 
 Kind = Literal["single", "panel", "hierarchical"]
 
@@ -279,15 +280,30 @@ def parse_model_spec(raw: Any, origin: str = "spec") -> ModelSpec:
 
 
 def load_model_spec(path: Path) -> ModelSpec:
-    """A ``model.yaml`` on disk; an invalid one is a `SpecFileInvalid` (409) naming the file."""
+    """A ``model.yaml`` file; an invalid one is a `SpecFileInvalid` (409) naming the file."""
     origin = f"{path.parent.name}/{path.name}"
     try:
         return parse_model_spec(load_document(path.read_bytes(), "yaml", origin), origin=origin)
     except SpecError as exc:
-        raise stored_spec_invalid(origin, exc) from None
+        raise SpecFileInvalid.about(origin, exc.detail) from None
 
 
-def stored_spec_invalid(origin: str, exc: SpecError) -> SpecFileInvalid:
-    return SpecFileInvalid(
-        f"{origin} on disk is invalid: {exc.detail} (fix the file, or PUT a new spec)"[:2000], file=origin
-    )
+def read_spec(registry: Registry, name: str) -> ModelSpec | None:
+    """A model's validated spec from the registry (None: it has none); an invalid file on
+    disk is a `SpecFileInvalid` (409) naming it."""
+    raw = registry.read_spec_raw(name)
+    if raw is None:
+        return None
+    origin = f"{name}/{SPEC_FILE}"
+    try:
+        return parse_model_spec(raw, origin=origin)
+    except SpecError as exc:
+        raise SpecFileInvalid.about(origin, exc.detail) from None
+
+
+def write_spec(registry: Registry, name: str, raw: Mapping[str, Any]) -> ModelSpec:
+    """Validate (allow-list included) before anything is written; the store replaces the
+    file atomically."""
+    spec = parse_model_spec(dict(raw), origin=f"{name}/{SPEC_FILE}")
+    registry.write_spec_document(name, raw)
+    return spec

@@ -17,9 +17,10 @@ from service.datasets.sources import read_source
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.backtest import Cancelled
 from service.forecasting.chunked_fit import FitProgress, fit_in_chunks
-from service.forecasting.specs import ModelSpec
-from service.jobs.dask_executor import on_dask_worker, seceded
-from service.registry.store import PublishRequest, Registry
+from service.forecasting.publishing import PublishRequest, publish_version
+from service.forecasting.specs import ModelSpec, read_spec
+from service.processes import on_dask_worker, seceded
+from service.registry.store import Registry
 from service.tables import Schema, canonical_table, to_sktime
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def train_and_publish(
 ) -> int:
     """Read the spec's source, fit, publish; point ``production`` at the new version."""
     say = progress or (lambda _stage: None)
-    spec = registry.read_spec(name)
+    spec = read_spec(registry, name)
     if spec is None:
         registry.require_model(name)
         raise InvalidInput(f"model '{name}' has no {name}/model.yaml to train from", model=name)
@@ -104,7 +105,8 @@ def train_and_publish(
     say("fitting")
     result = fit_spec(spec, raw)
     say("publishing")
-    version = registry.publish(
+    version = publish_version(
+        registry,
         name,
         result.forecaster,
         PublishRequest(

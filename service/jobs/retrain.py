@@ -12,8 +12,10 @@ from service.datasets.sources import read_source
 from service.datasets.store import DatasetStore, Roles
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.publishing import PublishRequest, publish_version
+from service.forecasting.specs import read_spec
 from service.forecasting.training import fit_spec, schema_of
-from service.registry.store import PublishRequest, Registry
+from service.registry.store import Registry
 
 Progress = Callable[[str, int, int | None], None]
 Promote = Literal["auto", "always", "never"]
@@ -73,7 +75,7 @@ def retrain(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda stage, done, total: None)
-    spec = registry.read_spec(name)
+    spec = read_spec(registry, name)
     if spec is None:
         raise InvalidInput(f"model '{name}' has no spec to retrain from", model=name)
     schema = schema_of(spec)
@@ -126,7 +128,8 @@ def retrain(
         say("comparing", 2, 2)
 
     say("publishing", 0, 1)
-    version = registry.publish(
+    version = publish_version(
+        registry,
         name,
         candidate,
         PublishRequest(

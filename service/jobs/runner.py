@@ -11,35 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.jobs.context import WorkerContext
 from service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    """What a worker process needs; picklable."""
-
-    jobs_url: str
-    registry_path: str
-    data_dir: str
-    owner: str
-    sql_url: str | None = None
-    signing_key: str | None = None
-    sources_root: str | None = None
-
-    def registry(self) -> Any:
-        from service.registry.store import Registry
-
-        return Registry(self.registry_path, signing_key=self.signing_key.encode() if self.signing_key else None)
 
 
 class JobHandle(Protocol):
@@ -54,43 +35,6 @@ class JobExecutor(Protocol):
     def start(self, job_id: str, context: WorkerContext) -> JobHandle: ...
 
     def shutdown(self) -> None: ...
-
-
-class ProcessHandle:
-    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
-        self.process = process
-
-    def running(self) -> bool:
-        return self.process.is_alive()
-
-    def exitcode(self) -> int | None:
-        return self.process.exitcode
-
-    def cancel(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=10)
-
-
-class LocalProcessExecutor:
-    """One process per job from a forkserver that has sktime imported already."""
-
-    def __init__(self) -> None:
-        self._context = multiprocessing.get_context("forkserver")
-        # sktime, the job code and the app module imported once: a job starts in milliseconds
-        self._context.set_forkserver_preload(["service.jobs.worker", "service.jobs.tasks", "service.app"])
-
-    def start(self, job_id: str, context: WorkerContext) -> JobHandle:
-        from service.jobs.worker import run_job
-
-        # not a daemon: sktime's loky backend starts processes of its own for panels;
-        # the runner kills workers on shutdown and PR_SET_PDEATHSIG kills orphans
-        process = self._context.Process(target=run_job, args=(job_id, context), name=f"job-{job_id[:8]}", daemon=False)
-        process.start()
-        return ProcessHandle(process)
-
-    def shutdown(self) -> None:
-        return None
 
 
 def _owner_dead_here(owner: str | None) -> bool:
@@ -133,6 +77,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._last_stale_check = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.on_finished: Any = None  # called with (job_id) from the runner thread
 
     @property
@@ -140,7 +85,12 @@ class JobRunner:
         return self.context.owner
 
     def wake(self) -> None:
-        self._wake.set()
+        """Claim now instead of at the next poll; safe from any thread."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._wake.set)
+        else:
+            self._wake.set()
 
     def recover(self) -> list[str]:
         """On start: jobs left running by a dead process are failed (interrupted)."""
@@ -198,6 +148,7 @@ class JobRunner:
                     self.store.finish(job_id, self.owner, "failed", error=f"could not start a worker: {exc}")
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
         last_error = None
         recovered = False
         while not stop.is_set():

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from croniter import croniter
 
 from service.errors import ServiceError
-from service.jobs.retrains import submit_retrain
+from service.forecasting.specs import read_spec
 from service.jobs.store import JobStore
+from service.jobs.submit import submit_retrain
 from service.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def trigger_due(registry: Registry, jobs: JobStore, now: datetime, window: float
     created = []
     for name in registry.list_models():
         try:
-            spec = registry.read_spec(name)
+            spec = read_spec(registry, name)
         except ServiceError as exc:
             log.warning("schedule: cannot read %s: %s", name, exc.detail)
             continue

@@ -9,9 +9,10 @@ from typing import Any
 from service.datasets.store import DatasetStore
 from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
 from service.forecasting.specs import allow_list
-from service.jobs.backtests import backtest_data
-from service.jobs.runner import WorkerContext
+from service.jobs.context import WorkerContext
+from service.jobs.retrain import RetrainParams, retrain
 from service.jobs.store import Job
+from service.jobs.submit import backtest_data
 from service.tables import Schema, to_sktime, write_parquet
 
 Progress = Callable[[str, int, int | None], None]
@@ -66,8 +67,6 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
 
 
 def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
-    from service.jobs.retrain import RetrainParams, retrain
-
     return retrain(
         context.registry(),
         DatasetStore(context.data_dir),

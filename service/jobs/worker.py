@@ -14,8 +14,10 @@ import sktime.forecasting.model_evaluation  # noqa: F401
 
 from service.errors import ServiceError
 from service.forecasting.backtest import Cancelled
-from service.jobs.runner import WorkerContext
+from service.jobs.context import WorkerContext
 from service.jobs.store import Job, JobStore
+from service.jobs.tasks import run_backtest_job, run_retrain_job
+from service.observability import quiet_sktime_warnings
 from service.processes import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ def _die_with_parent() -> None:
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:
-    from service.jobs.tasks import run_backtest_job, run_retrain_job
-
     return {"backtest": run_backtest_job, "retrain": run_retrain_job}
 
 
@@ -48,8 +48,6 @@ def run_job(job_id: str, context: WorkerContext, *, die_with_parent: bool = True
     own (local executor) and must die with the runner; false in a long-lived Dask worker."""
     if die_with_parent:
         _die_with_parent()
-    from service.app import quiet_sktime_warnings
-
     quiet_sktime_warnings()
     store = JobStore(context.jobs_url)
     job = store.get(job_id)

@@ -30,8 +30,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -46,7 +45,6 @@ from service.errors import (
     AliasesUnreadable,
     AliasNotFound,
     IntegrityError,
-    InvalidInput,
     InvalidName,
     ModelNotFound,
     SpecError,
@@ -54,15 +52,8 @@ from service.errors import (
     VersionLoadError,
     VersionNotFound,
 )
-from service.forecasting.specs import (
-    ModelSpec,
-    jsonable,
-    load_model_spec,
-    parse_model_spec,
-    qualified_name,
-    stored_spec_invalid,
-)
-from service.tables import Schema, fingerprint, format_time, read_parquet, write_parquet
+from service.fileio import atomic_write, fsync_dir, fsync_write, sha256_bytes
+from service.tables import Schema, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -109,55 +100,6 @@ def library_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             found[name] = None
     return found
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, and ``os.replace`` it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        _fsync_write(tmp, data)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@dataclass
-class PublishRequest:
-    """Everything a new version records besides the fitted forecaster itself."""
-
-    training: pd.DataFrame
-    schema: Schema
-    horizon: int
-    coverage: list[float] = field(default_factory=list)
-    quantiles: list[float] = field(default_factory=list)
-    spec: Mapping[str, Any] | None = None
-    source: Mapping[str, Any] | None = None
-    dataset_version: str | None = None
-    job_id: str | None = None
-    fit_seconds: float | None = None
-    metrics: Mapping[str, Any] | None = None
-    precompute: bool = True
 
 
 @dataclass(frozen=True)
@@ -227,10 +169,6 @@ class Registry:
     def spec_path(self, name: str) -> Path:
         return self.model_dir(name) / SPEC_FILE
 
-    def read_spec(self, name: str) -> ModelSpec | None:
-        path = self.spec_path(name)
-        return load_model_spec(path) if path.is_file() else None
-
     def read_spec_raw(self, name: str) -> dict[str, Any] | None:
         path = self.spec_path(name)
         if not path.is_file():
@@ -239,18 +177,16 @@ class Registry:
         try:
             raw = load_document(path.read_bytes(), "yaml", origin)
         except SpecError as exc:
-            raise stored_spec_invalid(origin, exc) from None
+            raise SpecFileInvalid.about(origin, exc.detail) from None
         if not isinstance(raw, dict):
-            raise SpecFileInvalid(f"{origin} on disk is not a mapping (fix the file, or PUT a new spec)", file=origin)
+            raise SpecFileInvalid.about(origin, "not a mapping")
         return raw
 
-    def write_spec(self, name: str, raw: Mapping[str, Any]) -> ModelSpec:
-        """Validate (allow-list included) before anything is written; replace atomically."""
-        spec = parse_model_spec(dict(raw), origin=f"{name}/{SPEC_FILE}")
+    def write_spec_document(self, name: str, raw: Mapping[str, Any]) -> None:
+        """Replace ``model.yaml`` atomically (the caller has validated the document)."""
         text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
         with self._model_lock(name):
             atomic_write(self.spec_path(name), text.encode("utf-8"))
-        return spec
 
     # ------------------------------------------------------------------ manifests
     def read_manifest(self, name: str, version: int) -> dict[str, Any]:
@@ -387,80 +323,11 @@ class Registry:
         return aliases[alias]
 
     # ------------------------------------------------------------------ publish
-    def publish(self, name: str, forecaster: Any, request: PublishRequest) -> int:
-        """Write a new immutable version; returns its number. Never exposes half a version."""
-        from service.forecasting.capabilities import probe_capabilities
-        from service.forecasting.predict import cutoff_of, private_copy, run_forecast
-
+    def write_version(self, name: str, files: Mapping[str, bytes], manifest: dict[str, Any]) -> int:
+        """Write ``files`` and ``manifest.json`` (last) as the next version: staged, fsync'd,
+        numbered and signed under the model's lock, renamed into place; returns its number.
+        A reader never sees half a version."""
         validate_name(name)
-        if getattr(forecaster, "_is_fitted", True) is False:
-            raise InvalidInput("the forecaster is not fitted", model=name)
-        schema = request.schema
-        artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
-        training_x = getattr(forecaster, "_X", None)
-        capabilities = probe_capabilities(forecaster, schema, training_x)
-        coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
-        quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
-        precomputed = None
-        if request.precompute and not schema.exogenous:
-            # a private copy: predicting writes to the forecaster (sktime), the artifact must not change
-            precomputed = run_forecast(
-                private_copy(forecaster), schema, list(range(1, request.horizon + 1)), coverage, quantiles
-            )
-        cutoff = cutoff_of(forecaster)
-        table = request.training
-        times = table[schema.time]
-        series = table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
-        files: dict[str, bytes] = {ARTIFACT: artifact, TRAINING: _parquet_bytes(table, schema)}
-        if precomputed is not None:
-            files[FORECAST] = _parquet_bytes(precomputed, schema)
-        manifest: dict[str, Any] = {
-            "format": MANIFEST_FORMAT,
-            "model": name,
-            "version": None,  # set under the lock
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "artifact": {
-                "file": ARTIFACT,
-                "format": "pickle",
-                "sha256": sha256_bytes(artifact),
-                "size": len(artifact),
-            },
-            "files": {n: {"sha256": sha256_bytes(b), "size": len(b)} for n, b in files.items()},
-            "forecaster": {
-                "class": qualified_name(forecaster),
-                "params": jsonable(forecaster.get_params(deep=False)) if hasattr(forecaster, "get_params") else {},
-            },
-            "spec": jsonable(dict(request.spec)) if request.spec is not None else None,
-            "schema": schema.to_dict(),
-            "kind": schema.kind,
-            "freq": schema.freq,
-            "cutoff": format_time(cutoff),
-            "horizon": int(request.horizon),
-            "series": {"keys": list(schema.keys), "count": max(len(series), 1), "ids": series},
-            "training": {
-                "file": TRAINING,
-                "fingerprint": fingerprint(table, schema),
-                "rows": len(table),
-                "start": format_time(times.min()),
-                "end": format_time(times.max()),
-                "source": jsonable(dict(request.source)) if request.source else None,
-                "dataset_version": request.dataset_version,
-            },
-            "precomputed": {
-                "file": FORECAST if precomputed is not None else None,
-                "horizon": int(request.horizon) if precomputed is not None else 0,
-                "coverage": coverage if precomputed is not None else [],
-                "quantiles": quantiles if precomputed is not None else [],
-            },
-            "capabilities": capabilities,
-            "libraries": library_versions(),
-            "job_id": request.job_id,
-            "fit_seconds": request.fit_seconds,
-            "metrics": jsonable(dict(request.metrics)) if request.metrics else {},
-        }
-        return self._write_version(name, files, manifest)
-
-    def _write_version(self, name: str, files: Mapping[str, bytes], manifest: dict[str, Any]) -> int:
         versions_dir = self.model_dir(name) / "versions"
         versions_dir.mkdir(parents=True, exist_ok=True)
         staging = versions_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
@@ -469,17 +336,17 @@ class Registry:
         try:
             fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
             for filename, data in files.items():
-                _fsync_write(staging / filename, data)
+                fsync_write(staging / filename, data)
             with self._model_lock(name):
                 version = max([0, *self.list_versions(name), *self._reserved_numbers(versions_dir)]) + 1
                 manifest["version"] = version
                 if self.signing_key is not None:
                     manifest["signature"] = {"alg": "HMAC-SHA256", "value": sign_manifest(manifest, self.signing_key)}
-                _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+                fsync_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
                 (staging / ".owner").unlink()
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 os.rename(staging, versions_dir / str(version))
-                _fsync_dir(versions_dir)
+                fsync_dir(versions_dir)
             log.info("published %s v%d", name, version)
             return version
         except BaseException:
@@ -566,12 +433,6 @@ def sign_manifest(manifest: Mapping[str, Any], key: bytes) -> str:
     body = {k: v for k, v in manifest.items() if k != "signature"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
-
-
-def _parquet_bytes(table: pd.DataFrame, schema: Schema) -> bytes:
-    buffer = io.BytesIO()
-    write_parquet(table, schema, buffer)  # type: ignore[arg-type]
-    return buffer.getvalue()
 
 
 def _owner_alive(staging: Path) -> bool:

@@ -18,6 +18,7 @@ from sktime.datasets import load_airline
 from service.app import create_app
 from service.datasets.store import DatasetStore
 from service.errors import InvalidInput, SpecError
+from service.forecasting.specs import write_spec
 from service.jobs.retrain import RetrainParams, retrain
 from service.registry.store import Registry
 from tests.conftest import make_settings, wait_ready
@@ -56,7 +57,7 @@ def test_sql_source_is_snapshotted_as_a_dataset_version(stores: tuple[Registry, 
     registry, datasets = stores
     url = make_db(tmp_path / "warehouse.sqlite", airline_frame().iloc[:-12])
     query = "SELECT month, passengers FROM airline ORDER BY month"
-    registry.write_spec("sqlair", spec({"sql": query}))
+    write_spec(registry, "sqlair", spec({"sql": query}))
 
     first = retrain(registry, datasets, "sqlair", RetrainParams(), sql_url=url, job_id="job-1")
     assert first["data"]["dataset"] == "sqlair.source"
@@ -88,14 +89,14 @@ def test_sql_source_is_snapshotted_as_a_dataset_version(stores: tuple[Registry, 
 def test_sql_source_errors(stores: tuple[Registry, DatasetStore], tmp_path: Path) -> None:
     registry, datasets = stores
     url = make_db(tmp_path / "warehouse.sqlite", airline_frame())
-    registry.write_spec("sqlair", spec({"sql": "SELECT month, passengers FROM airline"}))
+    write_spec(registry, "sqlair", spec({"sql": "SELECT month, passengers FROM airline"}))
     with pytest.raises(SpecError, match="FORECAST_SQL_URL"):
         retrain(registry, datasets, "sqlair", RetrainParams())
-    registry.write_spec("broken", spec({"sql": "SELECT month, passengers FROM no_such_table"}))
+    write_spec(registry, "broken", spec({"sql": "SELECT month, passengers FROM no_such_table"}))
     with pytest.raises(SpecError, match="SQL source failed"):
         retrain(registry, datasets, "broken", RetrainParams(), sql_url=url)
     # a query whose rows have a gap: refused before anything is stored
-    registry.write_spec("gappy", spec({"sql": "SELECT month, passengers FROM airline WHERE month <> '1955-06'"}))
+    write_spec(registry, "gappy", spec({"sql": "SELECT month, passengers FROM airline WHERE month <> '1955-06'"}))
     with pytest.raises(InvalidInput, match="not regular"):
         retrain(registry, datasets, "gappy", RetrainParams(), sql_url=url)
     assert datasets.names() == []
@@ -106,7 +107,7 @@ def test_csv_and_parquet_path_sources(stores: tuple[Registry, DatasetStore], tmp
     registry, datasets = stores
     frame = airline_frame()
     # a relative path is read from the model's folder
-    registry.write_spec("csvair", spec({"path": "airline.csv"}))
+    write_spec(registry, "csvair", spec({"path": "airline.csv"}))
     frame.to_csv(registry.model_dir("csvair") / "airline.csv", index=False)
     result = retrain(registry, datasets, "csvair", RetrainParams())
     assert result["data"]["dataset"] == "csvair.source"
@@ -120,13 +121,13 @@ def test_csv_and_parquet_path_sources(stores: tuple[Registry, DatasetStore], tmp
     parquet = tmp_path / "elsewhere" / "airline.parquet"
     parquet.parent.mkdir()
     frame.assign(month=pd.to_datetime(frame["month"])).to_parquet(parquet, index=False)
-    registry.write_spec("pqair", spec({"path": str(parquet)}))
+    write_spec(registry, "pqair", spec({"path": str(parquet)}))
     with pytest.raises(SpecError, match="outside"):
         retrain(registry, datasets, "pqair", RetrainParams())
     other = retrain(registry, datasets, "pqair", RetrainParams(), sources_root=parquet.parent)
     assert other["data"] == {"dataset": "pqair.source", "version": result["data"]["version"]}
 
-    registry.write_spec("lost", spec({"path": "missing.csv"}))
+    write_spec(registry, "lost", spec({"path": "missing.csv"}))
     with pytest.raises(SpecError, match="not found"):
         retrain(registry, datasets, "lost", RetrainParams())
 
@@ -139,7 +140,7 @@ def test_a_long_model_name_with_a_declared_source_can_be_retrained(
     name = "m" * 64
     csv = tmp_path / "airline.csv"
     airline_frame().to_csv(csv, index=False)
-    registry.write_spec(name, spec({"path": str(csv)}))
+    write_spec(registry, name, spec({"path": str(csv)}))
     result = retrain(registry, datasets, name, RetrainParams(), sources_root=tmp_path)
     assert result["version"] == 1 and result["promoted"]
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from service.forecasting.predict import run_forecast
+from service.forecasting.specs import write_spec
 from service.forecasting.training import train_and_publish
 from service.registry.store import Registry
 from service.tables import Schema
@@ -104,7 +105,7 @@ def test_alias_flips_under_load_never_fail_and_release_the_old_version(
     spec = registry.read_spec_raw(NAME)
     assert spec is not None
     spec["forecaster"]["params"]["deseasonalize"] = False
-    registry.write_spec(NAME, spec)
+    write_spec(registry, NAME, spec)
 
     stop = threading.Event()
     clients = [LoadClient(airline_server, BODIES[i % 2], stop) for i in range(CLIENTS)]

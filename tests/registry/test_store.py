@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from service.errors import IntegrityError, InvalidName, VersionNotFound
-from service.registry.store import PublishRequest, Registry
+from service.forecasting.publishing import PublishRequest, publish_version
+from service.registry.store import Registry
 from service.tables import Schema
 from tests.factories import SCHEMA, Boom, publish_naive, small_panel  # noqa: F401
 
@@ -25,7 +26,7 @@ def test_publish_load_round_trip_predicts_exactly_like_the_original(registry: Re
     table = registry.read_training(name, 1)
     manifest = registry.read_manifest(name, 1)
     schema = Schema.from_dict(manifest["schema"])
-    version = registry.publish(name, original, PublishRequest(training=table, schema=schema, horizon=6))
+    version = publish_version(registry, name, original, PublishRequest(training=table, schema=schema, horizon=6))
     loaded = registry.load(name, version).forecaster
     pd.testing.assert_frame_equal(original.predict(fh=[1, 2, 3, 6]), loaded.predict(fh=[1, 2, 3, 6]), check_exact=True)
 

@@ -12,7 +12,7 @@ from sktime.forecasting.theta import ThetaForecaster
 
 from service.datasets.store import DatasetStore
 from service.forecasting import training
-from service.forecasting.specs import parse_model_spec
+from service.forecasting.specs import parse_model_spec, write_spec
 from service.jobs.retrain import RetrainParams, retrain
 from service.registry.store import Registry
 
@@ -67,7 +67,7 @@ def test_panel_fit_reports_series_as_they_finish(tmp_path: Path) -> None:
 def test_retrain_job_progress_counts_series_fitted(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     registry, datasets = Registry(tmp_path / "models"), DatasetStore(tmp_path / "data")
-    registry.write_spec("shops", spec({"path": "shops.csv"}))
+    write_spec(registry, "shops", spec({"path": "shops.csv"}))
     panel_csv(registry.model_dir("shops") / "shops.csv")
     events: list[tuple[str, int, int | None]] = []
 

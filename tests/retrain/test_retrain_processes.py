@@ -141,6 +141,7 @@ def test_service_killed_during_a_retrain(start_server: ServerFactory, tmp_path: 
 RACE = """
 import json, sys, threading
 from pathlib import Path
+from service.forecasting.specs import read_spec, write_spec
 from service.registry.store import Registry
 
 registry = Registry(Path(sys.argv[1]))
@@ -152,14 +153,14 @@ barrier = threading.Barrier(8)
 def scheduler_tick(i):  # what trigger_due and the cache do: parse a spec from the folder
     barrier.wait()
     try:
-        registry.read_spec("seed")
+        read_spec(registry, "seed")
     except Exception as exc:
         errors.append(f"read_spec: {type(exc).__name__}: {exc}")
 
 def put_spec(i):  # what PUT /v1/models/{name} does
     barrier.wait()
     try:
-        registry.write_spec(f"put-{i}", spec)
+        write_spec(registry, f"put-{i}", spec)
     except Exception as exc:
         errors.append(f"write_spec: {type(exc).__name__}: {exc}")
 

@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 
 from service.forecasting.backtest import SplitterSpec
-from service.jobs.dask_executor import DaskExecutor, DaskHandle, run_on_worker
-from service.jobs.runner import JobRunner, LocalProcessExecutor, WorkerContext
+from service.jobs.context import WorkerContext
+from service.jobs.executors.dask import DaskExecutor, DaskHandle, run_on_worker
+from service.jobs.executors.local import LocalProcessExecutor
+from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore, process_owner
 from service.jobs.tasks import job_dir
 from service.registry.store import Registry
@@ -260,7 +262,7 @@ def test_per_series_fits_fan_out_over_the_cluster_from_inside_a_job(dask_client:
         import pandas as pd
         from sktime.forecasting.naive import NaiveForecaster
 
-        from service.jobs.dask_executor import on_dask_worker, seceded
+        from service.processes import on_dask_worker, seceded
 
         index = pd.MultiIndex.from_product([["a", "b", "c"], pd.period_range("2020-01", periods=24, freq="M")])
         y = pd.DataFrame({"y": [float(i % 24 + 100 * (i // 24)) for i in range(72)]}, index=index)
@@ -281,6 +283,6 @@ def test_per_series_fits_fan_out_over_the_cluster_from_inside_a_job(dask_client:
 
 
 def on_dask_worker_here() -> bool:
-    from service.jobs.dask_executor import on_dask_worker
+    from service.processes import on_dask_worker
 
     return on_dask_worker()

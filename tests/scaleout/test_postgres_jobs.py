@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import sqlalchemy as sa
 
-from service.jobs.dask_executor import DaskExecutor
+from service.jobs.executors.dask import DaskExecutor
 from service.jobs.store import JobStore, jobs_table
 
 # the SQLite store's tests, run again here on PostgreSQL (they use the fixtures below):

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api import uploads
 from service.app import create_app
-from service.datasets import uploads
 from service.forecasting.training import train_and_publish
 from service.registry.store import Registry
 from tests.conftest import copy_specs, make_settings, wait_ready

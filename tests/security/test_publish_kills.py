@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from service.forecasting.publishing import publish_version
 from service.registry.store import STAGING_PREFIX, Registry
 
 pytestmark = pytest.mark.slow
@@ -35,8 +36,8 @@ def _zygote(root: str, conn: Connection) -> None:
     """Fit once, publish once (warm-up), then fork a publisher loop whenever asked."""
     import gc
 
-    from service.app import quiet_sktime_warnings
-    from service.registry.store import PublishRequest
+    from service.forecasting.publishing import PublishRequest
+    from service.observability import quiet_sktime_warnings
 
     from .conftest import SCHEMA, fit_naive, small_panel
 
@@ -46,9 +47,9 @@ def _zygote(root: str, conn: Connection) -> None:
     forecaster = fit_naive(table)
     # no precomputed forecast: a publish takes ~0.1-0.2 s, so the 0-300 ms kills land in every phase
     request = PublishRequest(training=table, schema=SCHEMA, horizon=3, precompute=False)
-    registry.publish(NAME, forecaster, request)
+    publish_version(registry, NAME, forecaster, request)
     started = time.perf_counter()
-    registry.publish(NAME, forecaster, request)
+    publish_version(registry, NAME, forecaster, request)
     gc.freeze()  # forked publishers then start at full speed (no copy-on-write storm from the collector)
     conn.send(time.perf_counter() - started)
     while conn.recv() == "fork":
@@ -57,7 +58,7 @@ def _zygote(root: str, conn: Connection) -> None:
             try:
                 conn.close()
                 while True:
-                    registry.publish(NAME, forecaster, request)
+                    publish_version(registry, NAME, forecaster, request)
             finally:
                 os._exit(0)
         conn.send(pid)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.errors import IntegrityError, ServiceError
-from service.registry.store import Registry, atomic_write, library_versions, sign_manifest
+from service.registry.store import Registry, library_versions, sign_manifest
 from tests.conftest import make_settings, wait_ready
 
 from .conftest import Boom, copy_models, publish_naive

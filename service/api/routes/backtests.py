@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Annotated
 
@@ -9,7 +10,7 @@ from starlette.responses import Response
 
 from service.api.deps import CallerDep, ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
-from service.jobs.backtests import submit_backtest
+from service.jobs.submit import submit_backtest
 from service.schemas.jobs import BacktestBody, JobOut
 from service.tables import encode_json
 
@@ -34,7 +35,7 @@ async def start_backtest(
     served = await runtime.served(name, body.version, body.alias)
     request = body.to_request(served.schema.keys)
     job = await runtime.run_blocking(
-        submit_backtest,
+        functools.partial(submit_backtest, wake=runtime.runner.wake),
         runtime.jobs,
         runtime.registry,
         runtime.datasets,
@@ -45,7 +46,6 @@ async def start_backtest(
         caller,
         runtime.settings.max_active_jobs_per_key,
     )
-    runtime.runner.wake()
     if wait:
         deadline = time.monotonic() + min(timeout, runtime.settings.max_wait_seconds)
         while not job.finished and time.monotonic() < deadline:

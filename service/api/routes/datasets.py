@@ -4,9 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
+from service.api import uploads
 from service.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
-from service.datasets import uploads
 from service.datasets.store import DATASET_NAME
 from service.schemas.datasets import DatasetInfo, DatasetList
 

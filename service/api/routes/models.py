@@ -6,10 +6,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request
 from starlette.responses import Response
 
+from service.api import catalog
 from service.api.deps import AdminAccess, CacheDep, ReadAccess, RegistryDep, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
-from service.jobs.retrains import submit_retrain
-from service.registry import catalog
+from service.jobs.submit import submit_retrain
 from service.registry.store import ALIAS_PATTERN, NAME_PATTERN
 from service.schemas.datasets import RetrainBody
 from service.schemas.jobs import JobOut
@@ -97,14 +97,13 @@ async def retrain(
 ) -> Response:
     payload = body.model_dump(exclude_none=True) if body is not None else {}
     job, created = await runtime.run_blocking(
-        functools.partial(submit_retrain, sources_root=runtime.settings.sources_root),
+        functools.partial(submit_retrain, sources_root=runtime.settings.sources_root, wake=runtime.runner.wake),
         runtime.jobs,
         runtime.registry,
         name,
         payload,
         idempotency_key,
     )
-    runtime.runner.wake()
     return Response(
         encode_json(job.public()),
         status_code=202 if created else 200,

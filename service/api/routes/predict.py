@@ -11,12 +11,13 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
-from service.api.fastlane import ARROW, CSV, JSON, negotiate
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.forecasting import plots
 from service.forecasting.served import Answer, Limits, PredictQuery, ServedVersion
-from service.runtime import CachedAnswer, Runtime
+from service.runtime import Runtime
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series, parse_body
+from service.serving.fastlane import ARROW, CSV, JSON, negotiate
+from service.serving.responses import CachedAnswer
 from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
 INLINE_BODY_BYTES = 16 * 1024
@@ -118,7 +119,7 @@ async def predict(name: Annotated[str, Path(examples=["airline"])], body: Predic
         payload = encode_arrow(answer.columns) if media == ARROW else encode_csv(answer.columns)
     response = Response(payload, media_type=media, headers=_headers(served, cutoff))
     if answer.fast and body.alias is None:
-        # the fast lane answers the same bytes next time without FastAPI (service.api.fastlane)
+        # the fast lane answers the same bytes next time without FastAPI (service.serving.fastlane)
         entry = CachedAnswer(
             version=served.version,
             follows_production=body.version is None,

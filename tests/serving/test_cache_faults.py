@@ -17,7 +17,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.errors import IntegrityError, NotReady
-from service.registry.cache import (
+from service.fileio import atomic_write
+from service.registry.store import LoadedArtifact, Registry
+from service.serving.cache import (
     ALIASES_UNREADABLE,
     INTEGRITY_FAILED,
     RETRYING,
@@ -25,7 +27,6 @@ from service.registry.cache import (
     describe_state,
     scrub_paths,
 )
-from service.registry.store import LoadedArtifact, Registry, atomic_write
 from tests.conftest import make_settings
 from tests.factories import publish_naive, wait_for
 
@@ -95,7 +96,7 @@ def test_a_corrupt_aliases_file_keeps_the_last_good_aliases_serving_and_is_repor
     assert cache.get("toy").version == 1
 
     corrupt(aliases_path(registry))
-    with caplog.at_level(logging.ERROR, logger="service.registry.cache"):
+    with caplog.at_level(logging.ERROR, logger="service.serving.cache"):
         for _ in range(3):
             cache.refresh()
 

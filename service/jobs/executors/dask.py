@@ -51,8 +51,8 @@ Semantics
   ``connect_timeout``; a scheduler that cannot be reached fails that job with the reason.
 - Per-series fits of a panel inside a job can fan out over the cluster with sktime's
   ``"dask"`` parallel backend: inside a Dask task ``dask.compute`` uses the worker's client,
-  and :func:`seceded` lets the job's thread leave the worker's pool while it waits, so
-  the sub-tasks can run even on the job's own worker (:func:`on_dask_worker` tells where
+  and :func:`service.processes.seceded` lets the job's thread leave the worker's pool while it waits, so
+  the sub-tasks can run even on the job's own worker (:func:`service.processes.on_dask_worker` tells where
   we are). A worker process is a daemon, so joblib's ``loky`` backend runs sequentially there.
 """
 
@@ -61,10 +61,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-from service.jobs.runner import JobHandle, WorkerContext
+from service.jobs.context import WorkerContext
+from service.jobs.runner import JobHandle
+from service.jobs.store import JobStore
+from service.jobs.worker import run_job
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,6 @@ INSTALL_HINT = "install the scale-out extra: pip install 'forecast-service[scale
 
 def run_on_worker(job_id: str, context: WorkerContext) -> str:
     """The Dask task: run the job unless it is no longer this runner's running job."""
-    from service.jobs.store import JobStore
-
     store = JobStore(context.jobs_url)
     try:
         job = store.get(job_id)
@@ -84,35 +84,8 @@ def run_on_worker(job_id: str, context: WorkerContext) -> str:
         log.info("job %s is %s (owner %s): not running it", job_id, job.status, job.owner)
         return "skipped"
 
-    from service.jobs.worker import run_job
-
     run_job(job_id, context, die_with_parent=False)
     return "ran"
-
-
-def on_dask_worker() -> bool:
-    """True inside a task on a Dask worker."""
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def seceded() -> Iterator[None]:
-    """Inside a Dask task: leave the worker's thread pool while the block runs, so the
-    sub-tasks it waits for (sktime's ``"dask"`` backend) can use this worker's threads
-    too instead of deadlocking on them; rejoins after. Elsewhere: nothing."""
-    if not on_dask_worker():
-        yield
-        return
-    from distributed import worker_client
-
-    with worker_client():
-        yield
 
 
 class DaskHandle:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.registry.cache import ModelCache
 from service.registry.store import Registry
+from service.serving.cache import ModelCache
 from tests.factories import publish_naive
 
 

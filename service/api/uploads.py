@@ -6,6 +6,7 @@ from typing import Any
 
 from service.datasets.store import Roles
 from service.errors import InvalidInput, LimitExceeded, NotFound, ServiceError
+from service.forecasting.specs import read_spec
 from service.tables import TableLimits, read_upload
 
 
@@ -13,7 +14,7 @@ def _roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) ->
     if given.get("time") or given.get("targets"):
         return Roles.from_dict(given)
     if model is not None:
-        spec = runtime.registry.read_spec(model)
+        spec = read_spec(runtime.registry, model)
         if spec is None:
             raise NotFound(f"model '{model}' has no spec to take column roles from", model=model)
         data = spec.data
@@ -24,7 +25,7 @@ def _roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) ->
         pass
     for candidate in runtime.registry.list_models():
         try:
-            spec = runtime.registry.read_spec(candidate)
+            spec = read_spec(runtime.registry, candidate)
         except ServiceError:
             continue
         if spec is not None and spec.data.source.get("dataset") == name:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 
-from service.errors import ServiceError, VersionLoadError
-from service.registry.cache import ModelCache, describe_state
+from service.documents import load_document
+from service.errors import AliasesUnreadable, ServiceError, SpecError, VersionLoadError
+from service.forecasting.specs import read_spec, write_spec
 from service.registry.store import Registry, validate_alias
 from service.schemas.models import ModelDetail, ModelList, ModelSummary, VersionSummary
+from service.serving.cache import ModelCache, describe_state, scrub_paths
 
 
 def list_models(registry: Registry, cache: ModelCache) -> ModelList:
@@ -15,7 +17,7 @@ def list_models(registry: Registry, cache: ModelCache) -> ModelList:
     for name in registry.list_models():
         spec = None
         with contextlib.suppress(ServiceError):
-            spec = registry.read_spec(name)
+            spec = read_spec(registry, name)
         versions = registry.list_versions(name)
         production = None
         with contextlib.suppress(ServiceError):  # unreadable aliases: shown in the model's detail
@@ -45,9 +47,6 @@ def list_models(registry: Registry, cache: ModelCache) -> ModelList:
 
 
 def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetail:
-    from service.errors import AliasesUnreadable
-    from service.registry.cache import scrub_paths
-
     registry.require_model(name)
     versions = []
     for v in registry.list_versions(name):
@@ -113,8 +112,6 @@ def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, ver
 def put_spec(registry: Registry, name: str, body: bytes, content_type: str | None) -> tuple[bool, dict]:
     """Parse a JSON or YAML spec within the document budgets, validate it (allow-list
     included), store it atomically."""
-    from service.documents import load_document
-    from service.errors import SpecError
 
     kind = (content_type or "").split(";")[0].strip().lower()
     if not body:
@@ -123,5 +120,5 @@ def put_spec(registry: Registry, name: str, body: bytes, content_type: str | Non
     if not isinstance(raw, dict):
         raise SpecError("a model spec must be an object")
     existed = registry.spec_path(name).is_file()  # not parsed: a broken stored spec can be replaced
-    registry.write_spec(name, raw)
+    write_spec(registry, name, raw)
     return not existed, raw

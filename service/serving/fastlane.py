@@ -10,13 +10,19 @@ miss, a failed key check, an oversized body — goes to FastAPI with the body re
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServiceError
+from service.observability import Metrics
+from service.registry.store import NAME_PATTERN
+from service.security import KeyRing
+from service.serving.cache import ModelCache
+from service.serving.responses import ResponseCache
 
-PREDICT_PATH = re.compile(r"^/v1/models/([a-z0-9][a-z0-9_.-]{0,63})/predict$")
+PREDICT_ROUTE = "/v1/models/{name}/predict"  # the route template: cached answers are counted under it
+# the route's own name rule (the registry's), so the lane never answers a path the route would refuse
+PREDICT_PATH = re.compile("/v1/models/(" + NAME_PATTERN.pattern.removeprefix("^").removesuffix("$") + ")/predict")
 JSON, CSV, ARROW = "application/json", "text/csv", "application/vnd.apache.arrow.stream"
 
 
@@ -31,9 +37,24 @@ def negotiate(accept: str | None) -> str:
 
 
 class PredictFastLane:
-    def __init__(self, app: ASGIApp, runtime: Any) -> None:
+    """Serves what the predict route cached, with the route's key check, body limit and
+    metric labels; anything else goes to FastAPI with the body replayed."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        responses: ResponseCache,
+        cache: ModelCache,
+        keys: KeyRing,
+        metrics: Metrics,
+        max_body_bytes: int,
+    ) -> None:
         self.app = app
-        self.runtime = runtime
+        self.responses = responses
+        self.cache = cache
+        self.keys = keys
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = PREDICT_PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
@@ -56,7 +77,7 @@ class PredictFastLane:
             if message["type"] != "http.request":
                 return b"", messages, False
             size += len(message.get("body", b""))
-            if size > self.runtime.settings.max_body_bytes:
+            if size > self.max_body_bytes:
                 return b"", messages, False
             if not message.get("more_body", False):
                 return b"".join(m.get("body", b"") for m in messages), messages, True
@@ -64,21 +85,21 @@ class PredictFastLane:
     async def _answer_from_cache(self, scope: Scope, name: str, body: bytes, send: Send) -> bool:
         headers = dict(scope.get("headers") or [])
         media = negotiate(headers.get(b"accept", b"").decode("latin-1"))
-        entry = self.runtime.responses.get((name, body, media))
+        entry = self.responses.get((name, body, media))
         if entry is None:
             return False
         try:
-            self.runtime.keys.authorize(headers.get(b"authorization", b"").decode("latin-1") or None, "read")
-            served = self.runtime.cache.peek(name) if entry.follows_production else None
+            self.keys.authorize(headers.get(b"authorization", b"").decode("latin-1") or None, "read")
+            served = self.cache.peek(name) if entry.follows_production else None
         except ServiceError:
             return False  # FastAPI answers with the proper problem (401, 403, 404)
         if entry.follows_production and (served is None or served.version != entry.version):
             return False
-        metrics = self.runtime.metrics
+        metrics = self.metrics
         metrics.predictions.labels(name, str(entry.version)).inc()
         metrics.fast_path.labels(name, "cache").inc()
         state = scope.setdefault("state", {})
-        state["model"], state["version"] = name, entry.version
+        state["model"], state["version"], state["route"] = name, entry.version, PREDICT_ROUTE
         await send(
             {
                 "type": "http.response.start",

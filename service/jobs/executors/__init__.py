@@ -1,0 +1,1 @@
+"""Where jobs run: local processes (default) or a Dask distributed cluster."""

@@ -1,0 +1,97 @@
+"""Every private name of sktime (and CPython) the service relies on, each named by a test,
+so an upgrade that drops one fails here, loudly, in one place."""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sktime.datatypes import VectorizedDF
+from sktime.forecasting.naive import NaiveForecaster
+from sktime.forecasting.reconcile import ReconcilerForecaster
+
+from service.forecasting import sktime_internals
+from service.forecasting.sktime_internals import PRIVATE_NAMES, InternalsChanged
+
+
+def panel() -> pd.DataFrame:
+    index = pd.MultiIndex.from_product(
+        [["a", "b", "c"], pd.period_range("2020-01", periods=12, freq="M")], names=["series", "month"]
+    )
+    return pd.DataFrame({"y": np.arange(36, dtype=float)}, index=index)
+
+
+@pytest.fixture(scope="module")
+def fitted_panel() -> NaiveForecaster:
+    forecaster = NaiveForecaster()
+    forecaster.fit(panel(), fh=[1, 2])
+    return forecaster
+
+
+@pytest.mark.parametrize("name", ["_X", "_y", "_check_X_y", "_update_y_X", "_check_fh", "_state"])
+def test_base_forecaster_has(name: str) -> None:
+    assert ("BaseForecaster", name) in PRIVATE_NAMES
+    assert hasattr(NaiveForecaster(), name), f"sktime BaseForecaster lost {name}"
+
+
+@pytest.mark.parametrize("name", ["_is_vectorized", "_yvec", "_state"])
+def test_a_vectorised_fit_sets(fitted_panel: NaiveForecaster, name: str) -> None:
+    """finish_vectorized_fit sets what sktime's own fit sets on a per-series panel fit."""
+    assert ("BaseForecaster", name) in PRIVATE_NAMES
+    assert hasattr(fitted_panel, name), f"a vectorised sktime fit no longer sets {name}"
+    assert fitted_panel._is_vectorized is True
+    assert isinstance(fitted_panel._yvec, VectorizedDF)
+    assert fitted_panel._state == "fitted"
+
+
+def test_convert_inputs_and_finish_match_sktimes_own_fit(fitted_panel: NaiveForecaster) -> None:
+    y = panel()
+    assembled = NaiveForecaster()
+    x_inner, y_inner = sktime_internals.convert_inputs(assembled, y, None)
+    assert isinstance(y_inner, VectorizedDF) and x_inner is None
+    sktime_internals.finish_vectorized_fit(assembled, y_inner, x_inner, [1, 2], fitted_panel.forecasters_)
+    assert assembled.is_fitted
+    pd.testing.assert_frame_equal(assembled.predict(), fitted_panel.predict())
+    assert assembled.cutoff == fitted_panel.cutoff
+
+
+def test_remembered_data(fitted_panel: NaiveForecaster) -> None:
+    pd.testing.assert_frame_equal(sktime_internals.remembered_y(fitted_panel), panel())
+    assert sktime_internals.remembered_x(fitted_panel) is None
+    assert sktime_internals.remembered_y(object()) is None
+
+
+def test_reconciler_has__requires_residuals() -> None:
+    assert ("ReconcilerForecaster", "_requires_residuals") in PRIVATE_NAMES
+    mint = ReconcilerForecaster(NaiveForecaster(), method="mint_shrink")
+    assert hasattr(mint, "_requires_residuals"), "sktime ReconcilerForecaster lost _requires_residuals"
+    assert sktime_internals.requires_residuals(mint) is True
+    assert sktime_internals.requires_residuals(NaiveForecaster()) is False
+
+
+def test_cpython_forkserver_has__forkserver_alive_fd() -> None:
+    assert ("multiprocessing.forkserver", "_forkserver._forkserver_alive_fd") in PRIVATE_NAMES
+    assert hasattr(multiprocessing.forkserver, "_forkserver"), "CPython lost multiprocessing.forkserver._forkserver"
+    assert hasattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd"), (
+        "CPython's ForkServer lost _forkserver_alive_fd"
+    )
+
+
+def test_a_missing_name_fails_loudly_naming_it() -> None:
+    class Bare:
+        pass
+
+    with pytest.raises(InternalsChanged, match=r"Bare\._check_X_y is missing.*sktime_internals\.py"):
+        sktime_internals.convert_inputs(Bare(), panel(), None)
+    with pytest.raises(InternalsChanged, match="_state"):
+        sktime_internals.finish_vectorized_fit(Bare(), None, None, [1], pd.DataFrame())
+
+
+def test_every_private_name_is_tested() -> None:
+    """A new entry in PRIVATE_NAMES needs a test here that names it."""
+    source = Path(__file__).read_text()
+    untested = [name for (_, name) in PRIVATE_NAMES if name.split(".")[-1] not in source.replace("PRIVATE", "")]
+    assert not untested, untested

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import CapabilityUnavailable, InvalidInput
+from service.forecasting.sktime_internals import requires_residuals
 from service.tables import TOTAL, Schema, format_time
 
 Strategy = Literal["refit", "update", "no-update_params"]
@@ -133,7 +134,7 @@ def validate_request(
     request: BacktestRequest, capabilities: dict[str, Any], y: pd.DataFrame, forecaster: Any = None
 ) -> int:
     """Check metrics, capabilities and that the splitter yields folds; returns the fold count."""
-    if request.strategy != "refit" and getattr(forecaster, "_requires_residuals", False):
+    if request.strategy != "refit" and requires_residuals(forecaster):
         # sktime 1.2: ReconcilerForecaster.update appends residuals for times it has seen, and
         # evaluate's update strategies pass the whole training window -> duplicate index
         raise InvalidInput(

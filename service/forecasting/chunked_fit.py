@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 from joblib import cpu_count
 from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
-from sktime.datatypes._vectorize import VectorizedDF
+from sktime.datatypes import VectorizedDF
 from threadpoolctl import threadpool_limits
 
+from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit
 from service.processes import die_with_parent
 
 FitProgress = Callable[[int, int], None]  # (series fitted, series in all)
@@ -43,7 +44,7 @@ def fit_in_chunks(
     """``forecaster`` (unfitted) fitted on the panel ``y`` like ``forecaster.fit(y, X=x, fh=fh)``,
     or None when sktime would not fit it per series (the caller fits it as usual)."""
     assembled = forecaster.clone()
-    x_inner, y_inner = assembled._check_X_y(X=x, y=y)
+    x_inner, y_inner = convert_inputs(assembled, y, x)
     rows = y_inner.get_iter_indices()[0] if isinstance(y_inner, VectorizedDF) else None
     if rows is None or len(rows) < 2:
         return None
@@ -74,13 +75,8 @@ def fit_in_chunks(
                 future.cancel()
 
     # what BaseForecaster.fit does around its vectorised fit, on the whole panel
-    assembled._update_y_X(y_inner, x_inner)
-    assembled._check_fh(fh)
-    assembled._is_vectorized = True
-    assembled._yvec = y_inner
-    assembled.forecasters_ = pd.concat([fitted[i] for i in range(len(parts))]).reindex(rows)
-    assembled._state = "fitted"
-    return assembled
+    forecasters = pd.concat([fitted[i] for i in range(len(parts))]).reindex(rows)
+    return finish_vectorized_fit(assembled, y_inner, x_inner, fh, forecasters)
 
 
 def can_fork() -> bool:

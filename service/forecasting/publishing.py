@@ -20,6 +20,7 @@ from service.errors import InvalidInput
 from service.fileio import sha256_bytes
 from service.forecasting.capabilities import probe_capabilities
 from service.forecasting.predict import cutoff_of, private_copy, run_forecast
+from service.forecasting.sktime_internals import remembered_x, remembered_y
 from service.forecasting.specs import jsonable, qualified_name, read_spec
 from service.registry.store import (
     ARTIFACT,
@@ -59,7 +60,7 @@ def publish_version(registry: Registry, name: str, forecaster: Any, request: Pub
         raise InvalidInput("the forecaster is not fitted", model=name)
     schema = request.schema
     artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
-    training_x = getattr(forecaster, "_X", None)
+    training_x = remembered_x(forecaster)
     capabilities = probe_capabilities(forecaster, schema, training_x)
     coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
     quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
@@ -148,10 +149,10 @@ def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int 
     """Publish with the training data the forecaster remembers (sktime ``_y``/``_X``)."""
     if getattr(forecaster, "is_fitted", False) is not True:
         raise InvalidInput("the file does not hold a fitted sktime forecaster")
-    y = getattr(forecaster, "_y", None)
+    y = remembered_y(forecaster)
     if y is None:
         raise InvalidInput("the forecaster remembers no training data (set_config(remember_data=True) before fit)")
-    long, facts = from_sktime(y, getattr(forecaster, "_X", None))
+    long, facts = from_sktime(y, remembered_x(forecaster))
     spec = read_spec(registry, name)
     schema = Schema(
         **{

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +12,7 @@ import sktime.forecasting.model_evaluation  # noqa: F401
 
 from service.errors import ServiceError
 from service.forecasting.backtest import Cancelled
+from service.forecasting.sktime_internals import close_forkserver_alive_fd
 from service.jobs.context import WorkerContext
 from service.jobs.store import Job, JobStore
 from service.jobs.tasks import run_backtest_job, run_retrain_job
@@ -30,13 +29,7 @@ def _die_with_parent() -> None:
     finishes a job. The forkserver exits when the server's "alive" pipe closes, but every
     forked child inherits that pipe's write end: close ours, or the two wait on each other."""
     die_with_parent()
-    from multiprocessing import forkserver
-
-    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
-    if alive is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive)
-        setattr(forkserver._forkserver, "_forkserver_alive_fd", None)  # noqa: B010 (private attribute)
+    close_forkserver_alive_fd()
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:

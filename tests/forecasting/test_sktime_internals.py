@@ -95,3 +95,43 @@ def test_every_private_name_is_tested() -> None:
     source = Path(__file__).read_text()
     untested = [name for (_, name) in PRIVATE_NAMES if name.split(".")[-1] not in source.replace("PRIVATE", "")]
     assert not untested, untested
+
+
+def test_no_other_module_touches_a_private_name_of_sktime_or_multiprocessing() -> None:
+    """Outside sktime_internals: no `obj._name` on anything but self/cls, no getattr of a
+    "_name", no import from a private module of sktime or multiprocessing."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "service"
+    found = []
+    for path in package.rglob("*.py"):
+        if path.name == "sktime_internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(package.parent)}:{getattr(node, 'lineno', '?')}"
+            owner = getattr(getattr(node, "value", None), "id", None)
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and owner not in ("self", "cls")
+                and (owner, node.attr) != ("os", "_exit")  # public, despite its name
+            ):
+                found.append(f"{where} .{node.attr}")
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr")
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and str(node.args[1].value).startswith("_")
+                and not str(node.args[1].value).startswith("__")
+            ):
+                found.append(f"{where} getattr(..., {node.args[1].value!r})")
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith(("sktime", "multiprocessing"))
+                and "._" in node.module
+            ):
+                found.append(f"{where} from {node.module}")
+    assert not found, found

@@ -77,7 +77,7 @@ def train_models(registry: Any, names: list[str]) -> dict[str, int]:
         for name in names:
             started = time.perf_counter()
 
-            def advance(stage: str, name: str = name) -> None:
+            def advance(stage: str, _done: int, _total: int | None, name: str = name) -> None:
                 progress.update(overall, description=f"{name}: {stage}")
                 progress.advance(overall)
 

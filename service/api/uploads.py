@@ -17,8 +17,7 @@ def _roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) ->
         spec = read_spec(runtime.registry, model)
         if spec is None:
             raise NotFound(f"model '{model}' has no spec to take column roles from", model=model)
-        data = spec.data
-        return Roles(tuple(data.keys), data.time, tuple(data.targets), tuple(data.exogenous), spec.freq)
+        return Roles.from_schema(spec.table_schema())
     try:
         return runtime.datasets.roles(name)
     except NotFound:
@@ -29,8 +28,7 @@ def _roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) ->
         except ServiceError:
             continue
         if spec is not None and spec.data.source.get("dataset") == name:
-            data = spec.data
-            return Roles(tuple(data.keys), data.time, tuple(data.targets), tuple(data.exogenous), spec.freq)
+            return Roles.from_schema(spec.table_schema())
     raise InvalidInput(
         f"dataset '{name}' is new: give its columns (?time=...&targets=...&keys=...&freq=...) "
         "or ?model=NAME to take them from a model spec",

@@ -40,6 +40,10 @@ class Roles:
     exogenous: tuple[str, ...] = ()
     freq: str | None = None
 
+    @classmethod
+    def from_schema(cls, schema: Schema) -> Roles:
+        return cls(schema.keys, schema.time, schema.targets, schema.exogenous, schema.freq)
+
     def schema(self) -> Schema:
         kind = "panel" if self.keys else "single"
         return Schema(kind, self.keys, self.time, self.targets, self.exogenous, self.freq)

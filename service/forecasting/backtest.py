@@ -26,10 +26,6 @@ DEFAULT_METRICS = ("MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE")
 _PREDICTION_COLUMN = {"pinball": "y_pred_quantiles", "coverage": "y_pred_interval"}
 
 
-class Cancelled(Exception):
-    """Raised between folds when the job was cancelled."""
-
-
 def _wape(y_true: Any, y_pred: Any, **_: Any) -> float:
     """sum|error| / sum|actual| per target, averaged over targets like sktime's other metrics."""
     actual = np.asarray(y_true, dtype=float).reshape(len(y_true), -1)

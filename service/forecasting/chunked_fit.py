@@ -20,7 +20,7 @@ import contextlib
 import multiprocessing
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -31,10 +31,10 @@ from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
 from sktime.datatypes import VectorizedDF
 from threadpoolctl import threadpool_limits
 
+from service.forecasting.progress import FitProgress
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit
 from service.processes import die_with_parent
 
-FitProgress = Callable[[int, int], None]  # (series fitted, series in all)
 CHUNKS_PER_CORE = 4  # smaller chunks even out the cores' finish times and report progress more often
 
 

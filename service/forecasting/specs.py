@@ -22,6 +22,7 @@ from service.documents import load_document
 from service.errors import SpecError, SpecFileInvalid
 from service.forecasting.allowlist import ALLOWED, allowed_classes, refused_param
 from service.registry.store import SPEC_FILE, Registry
+from service.tables import Schema
 
 Kind = Literal["single", "panel", "hierarchical"]
 
@@ -257,6 +258,18 @@ class ModelSpec(_Strict):
         if self.kind == "hierarchical" and self.data.exogenous:
             raise ValueError("hierarchical models do not take exogenous columns")
         return self
+
+    def table_schema(self) -> Schema:
+        """The table schema this spec's data has (column roles, kind, frequency)."""
+        assert self.kind is not None
+        return Schema(
+            kind=self.kind,
+            keys=tuple(self.data.keys),
+            time=self.data.time,
+            targets=tuple(self.data.targets),
+            exogenous=tuple(self.data.exogenous),
+            freq=self.freq,
+        )
 
     def build_forecaster(self) -> Any:
         return build_estimator(self.forecaster)

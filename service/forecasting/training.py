@@ -6,7 +6,6 @@ import functools
 import logging
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ import pandas as pd
 
 from service.datasets.sources import read_source
 from service.errors import InvalidInput, ServiceError
-from service.forecasting.backtest import Cancelled
-from service.forecasting.chunked_fit import FitProgress, fit_in_chunks
+from service.forecasting.chunked_fit import fit_in_chunks
+from service.forecasting.progress import Cancelled, FitProgress, Progress
 from service.forecasting.publishing import PublishRequest, publish_version
 from service.forecasting.specs import ModelSpec, read_spec
 from service.processes import on_dask_worker, seceded
@@ -24,20 +23,6 @@ from service.registry.store import Registry
 from service.tables import Schema, canonical_table, to_sktime
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str], None]
-
-
-def schema_of(spec: ModelSpec) -> Schema:
-    assert spec.kind is not None
-    return Schema(
-        kind=spec.kind,
-        keys=tuple(spec.data.keys),
-        time=spec.data.time,
-        targets=tuple(spec.data.targets),
-        exogenous=tuple(spec.data.exogenous),
-        freq=spec.freq,
-    )
 
 
 @dataclass
@@ -60,7 +45,7 @@ def fit_spec(
     """Validate the long table against the spec, build the estimator, fit it; with
     ``parallel``, per-series models of a panel fit in chunks on all cores (or on the Dask
     cluster inside a Dask job) and ``progress`` hears how many series are fitted."""
-    schema = schema_of(spec)
+    schema = spec.table_schema()
     table = canonical_table(training, schema, what="training data")
     y, x = to_sktime(table, schema)
     forecaster = spec.build_forecaster()
@@ -95,16 +80,16 @@ def train_and_publish(
     sources_root: Path | None = None,
 ) -> int:
     """Read the spec's source, fit, publish; point ``production`` at the new version."""
-    say = progress or (lambda _stage: None)
+    say = progress or (lambda stage, done, total: None)
     spec = read_spec(registry, name)
     if spec is None:
         registry.require_model(name)
         raise InvalidInput(f"model '{name}' has no {name}/model.yaml to train from", model=name)
-    say("loading data")
+    say("loading data", 0, None)
     raw, _ = read_source(spec.data.source, base_dir=registry.model_dir(name), sources_root=sources_root)
-    say("fitting")
+    say("fitting", 0, None)
     result = fit_spec(spec, raw)
-    say("publishing")
+    say("publishing", 0, None)
     version = publish_version(
         registry,
         name,
@@ -126,7 +111,7 @@ def train_and_publish(
     return version
 
 
-def _log_training(name: str, position: str, stage: str) -> None:
+def _log_training(name: str, position: str, stage: str, _done: int, _total: int | None) -> None:
     log.info("training %s (%s): %s", name, position, stage)
 
 

@@ -3,7 +3,7 @@ and production on the same recent window -> publish -> promote only if the gate 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,12 +12,12 @@ from service.datasets.sources import read_source
 from service.datasets.store import DatasetStore, Roles
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.progress import Progress
 from service.forecasting.publishing import PublishRequest, publish_version
 from service.forecasting.specs import read_spec
-from service.forecasting.training import fit_spec, schema_of
+from service.forecasting.training import fit_spec
 from service.registry.store import Registry
 
-Progress = Callable[[str, int, int | None], None]
 Promote = Literal["auto", "always", "never"]
 
 
@@ -78,7 +78,7 @@ def retrain(
     spec = read_spec(registry, name)
     if spec is None:
         raise InvalidInput(f"model '{name}' has no spec to retrain from", model=name)
-    schema = schema_of(spec)
+    schema = spec.table_schema()
     policy: Promote = params.promote or spec.promotion.policy
     metric = check_gate_metric(params.gate_metric or spec.promotion.metric)
     tolerance = spec.promotion.tolerance if params.gate_tolerance is None else params.gate_tolerance
@@ -93,7 +93,7 @@ def retrain(
         dataset_version=params.dataset_version,
     )
     if version_read is None:  # a declared source: snapshot it as a dataset version
-        roles = Roles(schema.keys, schema.time, schema.targets, schema.exogenous, schema.freq)
+        roles = Roles.from_schema(schema)
         snapshot = datasets.put(f"{name}.source", raw, roles)
         data_ref = {"dataset": f"{name}.source", "version": snapshot["version"]}
     else:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.datasets.store import DatasetStore
 from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.progress import Progress
 from service.forecasting.specs import allow_list
 from service.jobs.context import WorkerContext
 from service.jobs.retrain import RetrainParams, retrain
 from service.jobs.store import Job
 from service.jobs.submit import backtest_data
 from service.tables import Schema, to_sktime, write_parquet
-
-Progress = Callable[[str, int, int | None], None]
 
 
 def job_dir(data_dir: str | Path, job_id: str) -> Path:

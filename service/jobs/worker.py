@@ -11,7 +11,7 @@ from typing import Any
 import sktime.forecasting.model_evaluation  # noqa: F401
 
 from service.errors import ServiceError
-from service.forecasting.backtest import Cancelled
+from service.forecasting.progress import Cancelled, Progress
 from service.forecasting.sktime_internals import close_forkserver_alive_fd
 from service.jobs.context import WorkerContext
 from service.jobs.store import Job, JobStore
@@ -20,8 +20,6 @@ from service.observability import quiet_sktime_warnings
 from service.processes import die_with_parent
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int | None], None]
 
 
 def _die_with_parent() -> None:

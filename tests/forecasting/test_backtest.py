@@ -34,7 +34,8 @@ from sktime.performance_metrics.forecasting.probabilistic import EmpiricalCovera
 from sktime.split import ExpandingGreedySplitter, ExpandingWindowSplitter, SlidingWindowSplitter
 
 from service.errors import CapabilityUnavailable, InvalidInput
-from service.forecasting.backtest import BacktestRequest, Cancelled, SplitterSpec, run_backtest, validate_request
+from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest, validate_request
+from service.forecasting.progress import Cancelled
 from service.registry.store import Registry
 from service.tables import Schema, to_sktime
 

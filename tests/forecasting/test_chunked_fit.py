@@ -20,8 +20,8 @@ from sktime.forecasting.trend import PolynomialTrendForecaster
 from sktime.transformations.hierarchical.aggregate import Aggregator
 
 from service.forecasting import chunked_fit
-from service.forecasting.backtest import Cancelled
 from service.forecasting.chunked_fit import can_fork, fit_in_chunks
+from service.forecasting.progress import Cancelled
 
 FH = [1, 2, 3]
 

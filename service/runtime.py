@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,7 @@ from service.forecasting.served import Limits
 from service.jobs.context import WorkerContext
 from service.jobs.executors.local import LocalProcessExecutor
 from service.jobs.runner import JobExecutor, JobRunner
-from service.jobs.store import JobStore, process_owner
+from service.jobs.store import Job, JobStore, process_owner
 from service.observability import Metrics
 from service.registry.store import Registry
 from service.security import KeyRing
@@ -120,6 +121,14 @@ class Runtime:
             raise
         future.add_done_callback(lambda _: self.ingest_slots.release())
         return await asyncio.wrap_future(future)
+
+    async def wait_finished(self, job: Job, seconds: float, interval: float = 0.1) -> Job:
+        """The job once it finished, or as it is after ``seconds`` (polled off the loop)."""
+        deadline = time.monotonic() + seconds
+        while not job.finished and time.monotonic() < deadline:
+            await asyncio.sleep(interval)
+            job = await asyncio.to_thread(self.jobs.get, job.id)
+        return job
 
     async def run_blocking(self, func: Any, *args: Any, timeout: float | None = None) -> Any:
         """Run CPU work (sktime, matplotlib) on the worker threads, never on the event loop."""

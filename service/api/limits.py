@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_JSON
-from service.tables import encode_json
+from service.api.problems import send_problem
 
 
 class BodyTooLarge(HTTPException):
@@ -61,20 +60,5 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = encode_json(
-            {
-                "type": "/problems/payload-too-large",
-                "title": "Payload too large",
-                "status": 413,
-                "detail": f"the request body exceeds {self.max_bytes} bytes (setting FORECAST_MAX_BODY_BYTES)",
-                "limit": self.max_bytes,
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"the request body exceeds {self.max_bytes} bytes (setting FORECAST_MAX_BODY_BYTES)"
+        await send_problem(send, 413, "Payload too large", detail, limit=self.max_bytes)

@@ -100,10 +100,36 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     return str(value)[:200]
 
 
-def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def problem_body(status: int, title: str, detail: str, **extra: Any) -> bytes:
+    """The RFC 9457 body every problem answer carries (routes and raw ASGI middleware alike)."""
     body: dict[str, Any] = {"type": f"/problems/{_slug(title)}", "title": title, "status": status, "detail": detail}
     body.update({k: _json_safe(v) for k, v in extra.items() if v is not None and k not in body})
-    return Response(encode_json(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return encode_json(body)
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    return Response(
+        problem_body(status, title, detail, **extra), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+async def send_problem(
+    send: Any, status: int, title: str, detail: str, headers: tuple[tuple[bytes, bytes], ...] = (), **extra: Any
+) -> None:
+    """A problem answer from pure ASGI middleware (before or without FastAPI)."""
+    body = problem_body(status, title, detail, **extra)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _service_error(_: Request, exc: Exception) -> Response:

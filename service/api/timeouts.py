@@ -7,8 +7,7 @@ import asyncio
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_JSON
-from service.tables import encode_json
+from service.api.problems import send_problem
 
 
 def _detail(seconds: float) -> str:
@@ -62,23 +61,4 @@ class BodyTimeout:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = encode_json(
-            {
-                "type": "/problems/request-timeout",
-                "title": "Request timeout",
-                "status": 408,
-                "detail": _detail(self.seconds),
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 408,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, 408, "Request timeout", _detail(self.seconds), headers=((b"connection", b"close"),))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from service.datasets.store import DatasetStore
-from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.backtest import BacktestRequest, run_backtest
 from service.forecasting.progress import Progress
 from service.forecasting.specs import allow_list
 from service.jobs.context import WorkerContext
@@ -18,17 +18,6 @@ from service.tables import Schema, to_sktime, write_parquet
 
 def job_dir(data_dir: str | Path, job_id: str) -> Path:
     return Path(data_dir) / "jobs" / job_id
-
-
-def backtest_request(params: dict[str, Any]) -> BacktestRequest:
-    return BacktestRequest(
-        splitter=SplitterSpec(**params["splitter"]),
-        strategy=params["strategy"],
-        metrics=tuple(params["metrics"]),
-        coverage=tuple(params.get("coverage") or ()),
-        quantiles=tuple(params.get("quantiles") or ()),
-        series=tuple(tuple(s) for s in params["series"]) if params.get("series") is not None else None,
-    )
 
 
 def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
@@ -47,7 +36,7 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
         job.params.get("dataset_version"),
     )
     y, x = to_sktime(training, schema)
-    request = backtest_request(job.params)
+    request = BacktestRequest.from_params(job.params)
     result, predictions = run_backtest(
         loaded.forecaster, y, x, request, schema, on_progress=lambda done, total: progress("folds", done, total)
     )

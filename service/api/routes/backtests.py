@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -47,10 +45,7 @@ async def start_backtest(
         runtime.settings.max_active_jobs_per_key,
     )
     if wait:
-        deadline = time.monotonic() + min(timeout, runtime.settings.max_wait_seconds)
-        while not job.finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            job = await asyncio.to_thread(runtime.jobs.get, job.id)
+        job = await runtime.wait_finished(job, min(timeout, runtime.settings.max_wait_seconds), interval=0.2)
     status = 200 if job.finished else 202
     return Response(
         encode_json(job.public()),

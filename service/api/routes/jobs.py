@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -43,11 +41,7 @@ async def cancel_job(job_id: str, runtime: RuntimeDep) -> JobOut:
     """A queued job is cancelled at once; a running one once its worker is stopped (waited for up to 5 s)."""
     job = await runtime.run_blocking(runtime.jobs.request_cancel, job_id)
     runtime.runner.wake()
-    deadline = time.monotonic() + 5.0
-    while not job.finished and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        job = await asyncio.to_thread(runtime.jobs.get, job_id)
-    return JobOut(**job.public())
+    return JobOut(**(await runtime.wait_finished(job, 5.0)).public())
 
 
 @router.get(

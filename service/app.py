@@ -11,9 +11,8 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import problems
-from service.api.limits import BodySizeLimit
+from service.api.limits import BodyLimits
 from service.api.routes import backtests, datasets, health, jobs, models, predict
-from service.api.timeouts import BodyTimeout
 from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
@@ -97,8 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyTimeout, seconds=settings.body_timeout)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, pause_seconds=settings.body_timeout)
     app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)
     app.include_router(predict.router)  # first: the hot route is matched first
     app.include_router(health.router)

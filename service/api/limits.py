@@ -1,6 +1,11 @@
-"""Pure ASGI middleware that refuses bodies over the size limit before reading them."""
+"""Pure ASGI middleware guarding request bodies before FastAPI reads them: too large
+(413, from Content-Length or while streaming) or pausing too long between chunks (408,
+then the connection closes). Once the body is complete, ``receive`` is not guarded
+(streaming responses wait on it for the disconnect)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,14 +18,20 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"the request body exceeds {max_bytes} bytes (setting FORECAST_MAX_BODY_BYTES)")
+        self.max_bytes = max_bytes
 
 
-class BodySizeLimit:
-    """413 on a Content-Length above the limit, or once a streamed body passes it."""
+class BodyTimedOut(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        detail = f"the request body paused for more than {seconds:g}s (setting FORECAST_BODY_TIMEOUT)"
+        super().__init__(408, detail, headers={"Connection": "close"})
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimits:
+    def __init__(self, app: ASGIApp, max_bytes: int, pause_seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.pause_seconds = pause_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,18 +44,24 @@ class BodySizeLimit:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(send, BodyTooLarge(self.max_bytes))
                     return
         received = 0
-        started = False
+        body_complete = started = False
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, body_complete
+            if body_complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.pause_seconds)
+            except TimeoutError:
+                raise BodyTimedOut(self.pause_seconds) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -54,11 +71,14 @@ class BodySizeLimit:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+            await self.app(scope, guarded_receive, tracking_send)
+        except (BodyTooLarge, BodyTimedOut) as exc:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, exc)
 
-    async def _refuse(self, send: Send) -> None:
-        detail = f"the request body exceeds {self.max_bytes} bytes (setting FORECAST_MAX_BODY_BYTES)"
-        await send_problem(send, 413, "Payload too large", detail, limit=self.max_bytes)
+    @staticmethod
+    async def _refuse(send: Send, exc: BodyTooLarge | BodyTimedOut) -> None:
+        if isinstance(exc, BodyTooLarge):
+            await send_problem(send, 413, "Payload too large", str(exc.detail), limit=exc.max_bytes)
+        else:
+            await send_problem(send, 408, "Request timeout", str(exc.detail), headers=((b"connection", b"close"),))

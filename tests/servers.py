@@ -299,3 +299,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Import into a conftest to attach server logs to the failures of its folder."""
     outcome = yield
     attach_server_logs(item, outcome.get_result())
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body; fails if none comes within ``timeout``."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed before a response: {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        while len(body) < int(headers.get("content-length", "0")):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed in the middle of the response body"
+            body += chunk
+    except TimeoutError:
+        raise AssertionError(f"no response within {timeout:.1f}s (got {data!r})") from None
+    return int(lines[0].split()[1]), headers, body

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from service.datasets.store import DatasetStore
-from service.errors import NotReady
+from service.errors import AliasNotFound, ModelNotFound, NotReady, VersionLoadError
 from service.forecasting.served import Limits
 from service.jobs.context import WorkerContext
 from service.jobs.executors.local import LocalProcessExecutor
@@ -44,7 +45,11 @@ class Runtime:
     metrics: Metrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     training: bool = False  # first-start training of models without versions is running
+    # finished retrains whose model this process has re-read since (see `settled`), oldest first
+    settled_jobs: OrderedDict[str, None] = field(default_factory=OrderedDict)
     INGEST_QUEUE_FACTOR: ClassVar[int] = 2  # ingest work queued + running, per ingest thread
+    SETTLE_SECONDS: ClassVar[float] = 10.0  # longest a job answer or a predict miss waits for a model's re-read
+    SETTLED_JOBS: ClassVar[int] = 4096  # finished retrains remembered as settled
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -94,11 +99,44 @@ class Runtime:
         return Limits(max_horizon=s.max_horizon, max_series=s.max_series_per_request, max_rows=s.max_rows_per_request)
 
     async def served(self, name: str, version: int | None = None, alias: str | None = None) -> Any:
-        """The version a request uses: from memory, or loaded on a worker thread."""
-        served = self.cache.peek(name, version, alias)
-        if served is None:
-            served = await self.run_blocking(self.cache.get, name, version, alias)
-        return served
+        """The version a request uses: from memory, or loaded on a worker thread.
+
+        Read-your-writes on a miss: what memory does not know yet (a model or an alias
+        written since the last scan, an alias target still loading) is re-read from the
+        registry before the answer is a 404 or a 409 (`ModelCache.settle`: a refresh of that
+        model begun after this request arrived, coalesced, off the loop, bounded). The fast
+        path (a hit in memory) reads no file: a changed alias of a model that still serves
+        is caught by the job read (`settled`) or the next scan."""
+        try:
+            served = self.cache.peek(name, version, alias)
+            if served is not None:
+                return served
+            return await self.run_blocking(self.cache.get, name, version, alias)
+        except (ModelNotFound, AliasNotFound, VersionLoadError, NotReady) as exc:
+            if version is not None and not isinstance(exc, ModelNotFound):
+                raise  # a version by number is looked up on disk by `get` already
+            if not await self.cache.settle(name, self.cache.mark(), self.SETTLE_SECONDS):
+                raise
+        return await self.run_blocking(self.cache.get, name, version, alias)
+
+    async def settled(self, *jobs: Job) -> None:
+        """Before this process reports a finished retrain: re-read its model, so what the
+        retrain published and promoted is what a predict here answers next (its worker
+        moved the alias before it wrote `succeeded`, and the runner's hook and the registry
+        scan come later). Bounded (`SETTLE_SECONDS`), off the loop, once per job: reading
+        a job again costs nothing."""
+        todo = [job for job in jobs if job.kind == "retrain" and job.finished and job.id not in self.settled_jobs]
+        if not todo:
+            return
+        mark = self.cache.mark()  # after the jobs were read as finished
+        models = sorted({job.model for job in todo})
+        done = await asyncio.gather(*(self.cache.settle(m, mark, self.SETTLE_SECONDS) for m in models))
+        caught_up = {model for model, ok in zip(models, done, strict=True) if ok}
+        for job in todo:
+            if job.model in caught_up:
+                self.settled_jobs[job.id] = None
+        while len(self.settled_jobs) > self.SETTLED_JOBS:
+            self.settled_jobs.popitem(last=False)
 
     @property
     def ingest_capacity(self) -> int:
@@ -123,11 +161,12 @@ class Runtime:
         return await asyncio.wrap_future(future)
 
     async def wait_finished(self, job: Job, seconds: float, interval: float = 0.1) -> Job:
-        """The job once it finished, or as it is after ``seconds`` (polled off the loop)."""
+        """The job once it finished (and `settled`), or as it is after ``seconds`` (polled off the loop)."""
         deadline = time.monotonic() + seconds
         while not job.finished and time.monotonic() < deadline:
             await asyncio.sleep(interval)
             job = await asyncio.to_thread(self.jobs.get, job.id)
+        await self.settled(job)
         return job
 
     async def run_blocking(self, func: Any, *args: Any, timeout: float | None = None) -> Any:

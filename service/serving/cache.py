@@ -4,12 +4,25 @@ reference to the `ServedVersion` they started with, so in-flight work finishes o
 
 State is replaced, never mutated in place: readers take ``self._models`` (a dict
 replaced wholesale under ``_write_lock``) without locking.
+
+Read-your-writes. Polling alone leaves a window: a retrain's worker moves an alias, then
+reports `succeeded`; a client that saw `succeeded` and predicts before the next scan got
+the old version (or a 404 for a new model). So the refreshes of one model run one at a
+time (`refresh_model`: an older scan never overwrites what a newer one saw) and each
+records a ticket taken when it began. ``mark()`` takes a ticket *after* the caller saw a
+write (a finished job, a miss); ``await settle(name, mark)`` then returns once a refresh
+of that model that began after the mark has completed, i.e. once this process serves
+what the write left on disk. Settling is off the loop (a worker thread), coalesced (at
+most one refresh of a model in flight; every caller that marked before it began shares
+it), bounded by a timeout, and done only on a miss or a finished job: the fast path
+(`peek`) reads no file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -118,6 +131,11 @@ class ModelCache:
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self._on_load = on_load or (lambda *_: None)
         self.scanned = False
+        self._tickets = itertools.count(1)  # strictly increasing: marks and refresh starts
+        self._refreshed: dict[str, int] = {}  # model -> ticket of its last completed refresh's start
+        self._refresh_locks: dict[str, threading.Lock] = {}  # one refresh of a model at a time
+        self._settle_locks: dict[str, asyncio.Lock] = {}  # coalesces settles of a model (on the loop)
+        self._settle_loop: asyncio.AbstractEventLoop | None = None  # the loop those locks belong to
 
     # ------------------------------------------------------------------ reading
     def names(self) -> list[str]:
@@ -283,20 +301,82 @@ class ModelCache:
     # ------------------------------------------------------------------ refresh
     def refresh(self, only: str | None = None) -> None:
         """Scan the registry (blocking I/O and loads: call from a worker thread)."""
+        scan = next(self._tickets)
         names = [only] if only else self.registry.list_models()
         seen = set()
         for name in names:
             try:
-                self._refresh_model(name)
+                self.refresh_model(name)
                 seen.add(name)
             except ServiceError as exc:
                 log.error("cannot scan model %s: %s", name, exc.detail)
         if only is None:
             with self._write_lock:
-                gone = set(self._models) - seen
+                # not listed, and not refreshed by anyone since this scan began (a model
+                # published meanwhile and settled by a request stays)
+                gone = {n for n in set(self._models) - seen if self._refreshed.get(n, 0) < scan}
                 if gone:
                     self._models = {n: s for n, s in self._models.items() if n not in gone}
             self.scanned = True
+
+    def mark(self) -> int:
+        """A ticket taken now: a refresh of a model that began after it saw every write
+        that was visible to the caller before it took the ticket."""
+        return next(self._tickets)
+
+    def refresh_model(self, name: str, after: int | None = None) -> bool:
+        """Re-read one model (blocking: call from a worker thread). Refreshes of one model
+        run one at a time, so a scan that read the folder earlier never overwrites the state
+        a later one wrote. With ``after`` (a `mark`), nothing is done when a refresh that
+        began after it has completed already. Returns whether this call refreshed."""
+        with self._write_lock:
+            lock = self._refresh_locks.setdefault(name, threading.Lock())
+        with lock:
+            if after is not None and self._refreshed.get(name, 0) > after:
+                return False
+            started = next(self._tickets)
+            self._refresh_model(name)
+            self._refreshed[name] = started
+            return True
+
+    def is_settled(self, name: str, mark: int) -> bool:
+        """Whether a refresh of ``name`` that began after ``mark`` has completed."""
+        return self._refreshed.get(name, 0) > mark
+
+    async def settle(self, name: str, mark: int, timeout: float) -> bool:
+        """Wait until a refresh of ``name`` that began after ``mark`` has completed (this
+        one starts it on a worker thread if needed), at most ``timeout`` seconds. Callers
+        queue on the loop, not on threads: at most one refresh of a model is in flight and
+        every caller that marked before it began shares it. False: not within the timeout
+        (the refresh goes on; the old version serves until the new one is loaded), or the
+        name cannot be scanned."""
+        if self.is_settled(name, mark):
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                if name not in self._models and not await asyncio.to_thread(self.registry.exists, name):
+                    return False  # no such model on disk either (checked before any lock is kept for it)
+                if self._settle_loop is not asyncio.get_running_loop():  # a new app lifespan (tests)
+                    self._settle_loop, self._settle_locks = asyncio.get_running_loop(), {}
+                lock = self._settle_locks.get(name)
+                if lock is None:
+                    if len(self._settle_locks) > 2 * len(self._models) + 64:  # models that came and went
+                        self._settle_locks = {n: k for n, k in self._settle_locks.items() if k.locked()}
+                    lock = self._settle_locks[name] = asyncio.Lock()
+                async with lock:
+                    if not self.is_settled(name, mark):
+                        # shielded: a caller that stops waiting does not stop the refresh
+                        await asyncio.shield(asyncio.to_thread(self.refresh_model, name, mark))
+        except TimeoutError:
+            log.warning("%s: not refreshed within %gs; answering from what is loaded", name, timeout)
+            return False
+        except ServiceError as exc:  # e.g. an invalid name: the caller answers as it would have
+            log.debug("%s: cannot be refreshed: %s", name, exc.detail)
+            return False
+        except OSError as exc:  # the folder cannot be read now: the watcher logs and retries
+            log.warning("%s: cannot be refreshed: %s", name, exc.strerror or type(exc).__name__)
+            return False
+        return True
 
     def _refresh_model(self, name: str) -> None:
         if not self.registry.exists(name):

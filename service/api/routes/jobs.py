@@ -22,12 +22,16 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobList:
     jobs = await runtime.run_blocking(runtime.jobs.list, model, kind, status, limit)
+    await runtime.settled(*jobs)  # a finished retrain is reported once this process serves what it did
     return JobList(jobs=[JobOut(**j.public()) for j in jobs])
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job with progress and result", responses={404: PROBLEM})
-async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
-    return JobOut(**jobs.get(job_id).public())
+async def get_job(job_id: str, jobs: JobsDep, runtime: RuntimeDep) -> JobOut:
+    """A finished retrain is reported once this process serves what it published and promoted."""
+    job = jobs.get(job_id)
+    await runtime.settled(job)
+    return JobOut(**job.public())
 
 
 @router.post(

@@ -104,6 +104,7 @@ async def retrain(
         payload,
         idempotency_key,
     )
+    await runtime.settled(job)  # the same key may answer a retrain that finished: as `GET /v1/jobs/{id}` does
     return Response(
         encode_json(job.public()),
         status_code=202 if created else 200,

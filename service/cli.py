@@ -17,15 +17,54 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from service.errors import ServiceError
 from service.forecasting.specs import read_spec
 
-app = typer.Typer(help="Serve sktime forecasters from a versioned model registry.", no_args_is_help=True)
-models_app = typer.Typer(help="Inspect the registry.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever the terminal's width; the message is text, not markup."""
+    err_console.print(Text.assemble(("error:", "red"), " ", " ".join(message.split())), soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """Every error of a command is one line on stderr and exit code 2; ``--debug`` lets an
+    unexpected one through with its traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # exits, and usage errors shown by typer (exit 2)
+            raise
+        except ServiceError as exc:
+            _error(exc.detail)
+            raise typer.Exit(code=2) from None
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            _error(f"{type(exc).__name__}: {exc} (forecast-service --debug ... shows the traceback)")
+            raise typer.Exit(code=2) from None
+
+
+app = typer.Typer(
+    help="Serve sktime forecasters from a versioned model registry.", no_args_is_help=True, cls=OneLineErrors
+)
+models_app = typer.Typer(help="Inspect the registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error")] = False,
+) -> None:
+    """Serve sktime forecasters from a versioned model registry."""
+
 
 RegistryOption = Annotated[
     Path | None, typer.Option("--registry", "-r", help="Registry folder (default: FORECAST_REGISTRY or ./models)")
@@ -51,7 +90,7 @@ def _registry(registry: Path | None) -> Any:
 
 
 def _fail(exc: ServiceError) -> None:
-    err_console.print(f"[red]error:[/red] {exc.detail}")
+    _error(exc.detail)
     raise typer.Exit(code=2)
 
 
@@ -66,8 +105,9 @@ def _progress() -> Progress:
     )
 
 
-def train_models(registry: Any, names: list[str]) -> dict[str, int]:
-    """Train and publish ``names`` with a progress bar (stages per model)."""
+def train_models(registry: Any, names: list[str], promote: bool = True) -> dict[str, int]:
+    """Train and publish ``names`` with a progress bar (stages per model); ``promote``: point
+    each one's ``production`` alias at its new version."""
     from service.forecasting.training import train_and_publish
 
     stages = ["loading data", "fitting", "publishing"]
@@ -81,7 +121,7 @@ def train_models(registry: Any, names: list[str]) -> dict[str, int]:
                 progress.update(overall, description=f"{name}: {stage}")
                 progress.advance(overall)
 
-            published[name] = train_and_publish(registry, name, progress=advance)
+            published[name] = train_and_publish(registry, name, promote=promote, progress=advance)
             err_console.print(f"  {name}: v{published[name]} in {time.perf_counter() - started:.1f}s")
     return published
 
@@ -109,7 +149,7 @@ def serve(
     try:
         settings = _settings(registry, host=host, port=port, insecure=insecure or None)
     except ValidationError as exc:
-        err_console.print(f"[red]error:[/red] {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+        _error(exc.errors()[0]["msg"].removeprefix("Value error, "))
         raise typer.Exit(code=2) from None
     configure_logging(settings.log_level, json_lines=settings.log_json)
     if settings.insecure and settings.api_keys is None and settings.api_keys_file is None:
@@ -212,7 +252,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            err_console.print(f"[red]error:[/red] cannot bind {host}:{port}: {exc.strerror}")
+            _error(f"cannot bind {host}:{port}: {exc.strerror}")
             raise typer.Exit(code=2) from None
 
 
@@ -267,7 +307,7 @@ def train(
     """Fit a model's spec on its declared data and publish a new version."""
     reg = _registry(registry)
     try:
-        version = train_models(reg, [name])[name]
+        version = train_models(reg, [name], promote=promote)[name]
     except ServiceError as exc:
         _fail(exc)
     if not promote:
@@ -285,14 +325,25 @@ def publish(
     registry: RegistryOption = None,
     horizon: Annotated[int | None, typer.Option(help="Default horizon (default: the spec's, or 12)")] = None,
     promote: Annotated[bool, typer.Option(help="Point 'production' at the new version")] = False,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="Target column name(s), in order (comma-separated or repeated; default: the spec's, or the data's)",
+        ),
+    ] = None,
+    time_column: Annotated[
+        str | None, typer.Option("--time", help="Time column name (default: the spec's, or the data's, or 'time')")
+    ] = None,
 ) -> None:
     """Publish a forecaster fitted elsewhere (e.g. in a notebook) as a new version."""
     from service.forecasting.publishing import publish_fitted, read_fitted
 
+    targets = [t.strip() for given in target for t in given.split(",") if t.strip()] if target else None
     reg = _registry(registry)
     try:
         forecaster = read_fitted(file)
-        version = publish_fitted(reg, name, forecaster, horizon=horizon)
+        version = publish_fitted(reg, name, forecaster, horizon=horizon, time=time_column, targets=targets)
         if promote:
             reg.set_alias(name, "production", version)
     except ServiceError as exc:

@@ -4,13 +4,17 @@ One pure ASGI middleware times every request, gives it an ``X-Request-ID`` (echo
 the client sends a sane one), logs one JSON line (request id, method, route, status,
 duration, model, version — never headers or bodies) and feeds the latency histogram. A
 client that disconnects before the response starts is counted as status 499, not 500.
+Library warnings are log records too (`route_warnings`): one line each, once per kind.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -104,11 +108,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", json_lines: bool = True) -> None:
-    """Root logging to stderr; uvicorn's loggers go through it (its access log is ours)."""
+    """Root logging to stderr; uvicorn's loggers go through it (its access log is ours), and
+    so do library warnings (`route_warnings`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(_formatter(json_lines))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -116,6 +119,11 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    route_warnings()
+
+
+def _formatter(json_lines: bool) -> logging.Formatter:
+    return JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 class RequestObserver:
@@ -179,6 +187,112 @@ class RequestObserver:
             request_id_var.reset(token)
 
 
+# ----------------------------------------------------------------------------- library warnings
+WARNINGS_LOGGER = "py.warnings"  # the logger `logging.captureWarnings` uses
+WARNING_KIND_PREFIX = 60  # a warning's kind: category, module and the start of its message
+FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+# (category, message start, module): library warnings that are known, understood and not
+# the reader's business. sktime 1.2's remember_data notice fires in `BaseForecaster.__init__`,
+# so on every clone (one per series of a panel fit, per fold of a backtest), before a clone's
+# config is copied over: no ``set_config`` silences it (the service does set remember_data
+# explicitly, `specs.build_estimator`).
+QUIET_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    (FutureWarning, "The default of config ``remember_data`` will change", "sktime.forecasting.base._base"),
+)
+
+
 def quiet_sktime_warnings() -> None:
-    """sktime 1.2 warns on every estimator it clones about a 1.3 default; ours set it."""
-    warnings.filterwarnings("ignore", message=".*remember_data.*", category=FutureWarning)
+    """Silence the library warnings in `QUIET_WARNINGS` and route every other one through the
+    logger (`route_warnings`). A filter alone does not hold: sktime's ForecastingHorizon
+    leaves a ``default`` FutureWarning filter in front of all others each time it converts
+    times (``sktime.utils.warnings._SuppressWarningPattern``), so the router drops them too."""
+    for category, message, module in QUIET_WARNINGS:
+        warnings.filterwarnings(
+            "ignore", message=re.escape(message), category=category, module=re.escape(module) + r"\Z"
+        )
+    route_warnings()
+
+
+def route_warnings() -> None:
+    """Library warnings become log records of ``py.warnings`` (JSON lines under
+    `configure_logging`), one line each and once per kind per process, never the raw
+    multi-line block; where nobody configured logging (the CLI, a job worker forked from
+    the server), in the format FORECAST_LOG_JSON asks for."""
+    if warnings.showwarning is not _router:
+        _router.previous = warnings.showwarning
+        warnings.showwarning = _router
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (rich swaps it during a progress bar)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class WarningRouter:
+    """`warnings.showwarning` replacement: known noise dropped, each kind logged once."""
+
+    def __init__(self) -> None:
+        self.previous: Any = warnings.showwarning
+        self.seen: set[tuple[str, str, str]] = set()
+        self.lock = threading.Lock()
+        self.fallback: logging.Handler | None = None
+
+    def __call__(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if file is not None:  # a caller that names a stream wants the classic rendering there
+            self.previous(message, category, filename, lineno, file, line)
+            return
+        text = str(message)
+        module = module_of(filename)
+        if any(
+            issubclass(category, quiet) and text.startswith(start) and module == where
+            for quiet, start, where in QUIET_WARNINGS
+        ):
+            return
+        kind = (f"{category.__module__}.{category.__qualname__}", module, text[:WARNING_KIND_PREFIX])
+        with self.lock:
+            if kind in self.seen:
+                return
+            self.seen.add(kind)
+        log = logging.getLogger(WARNINGS_LOGGER)
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        extra = {"category": category.__name__, "origin": module, "location": f"{filename}:{lineno}"}
+        record = log.makeRecord(
+            log.name, logging.WARNING, filename, lineno, " ".join(text.split()), (), None, extra=extra
+        )
+        if log.hasHandlers():
+            log.handle(record)
+        else:
+            self._fallback().handle(record)
+
+    def _fallback(self) -> logging.Handler:
+        if self.fallback is None:
+            handler = _StderrHandler()
+            json_lines = os.environ.get("FORECAST_LOG_JSON", "true").strip().lower() not in FALSE_WORDS
+            handler.setFormatter(_formatter(json_lines))
+            self.fallback = handler
+        return self.fallback
+
+
+@functools.lru_cache(maxsize=512)
+def module_of(filename: str) -> str:
+    """The dotted name of the module a warning comes from (its file's stem if none is loaded)."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return os.path.splitext(os.path.basename(filename))[0]
+
+
+_router = WarningRouter()

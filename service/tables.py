@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from service.errors import InvalidInput, InvalidTable, LimitExceeded
+from service.errors import ForecastFailed, InvalidInput, InvalidTable, LimitExceeded
 
 TOTAL = "__total"  # sktime's name for an aggregate node of a hierarchy
 
@@ -445,42 +445,137 @@ def aggregate_hierarchy(y: pd.DataFrame) -> pd.DataFrame:
         return Aggregator(flatten_single_levels=False).fit_transform(y)
 
 
-def from_sktime(y: pd.DataFrame | pd.Series, x: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A forecaster's remembered (y, X) back to a long table and the schema facts it implies."""
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+
+
+def period_freq(stamps: pd.DatetimeIndex) -> str:
+    """The period frequency whose periods start at ``stamps``, so that the wire (which shows a
+    period by its start, `format_times`) shows the user's own times: MS -> M, QS-JAN -> Q-DEC,
+    YS-JAN -> Y-DEC, W-SAT (Saturdays) -> W-FRI (weeks Saturday..Friday), D, h, min, s, B as
+    they are. Times that are not period starts (month ends: ME, QE, YE) are refused."""
+    if stamps.tz is not None:
+        raise InvalidInput(
+            f"the training times carry a time zone ({stamps.tz}): the service keeps wall-clock times; "
+            "fit on y.tz_localize(None)"
+        )
+    alias = stamps.freqstr if stamps.freq is not None else pd.infer_freq(stamps.unique()[:50])
+    if alias is None:
+        raise InvalidInput("the training times have no regular frequency (pandas cannot infer one)")
+    offset = pd.tseries.frequencies.to_offset(alias)
+    if offset.n != 1:
+        raise InvalidInput(f"the training times step by {alias}: only single steps (M, not 2M) are served")
+    if isinstance(offset, pd.offsets.MonthBegin | pd.offsets.MonthEnd):
+        freq = "M"
+    elif isinstance(offset, pd.offsets.QuarterBegin):
+        freq = f"Q-{_MONTHS[(offset.startingMonth - 2) % 12]}"
+    elif isinstance(offset, pd.offsets.QuarterEnd):
+        freq = f"Q-{_MONTHS[offset.startingMonth - 1]}"
+    elif isinstance(offset, pd.offsets.YearBegin):
+        freq = f"Y-{_MONTHS[(offset.month - 2) % 12]}"
+    elif isinstance(offset, pd.offsets.YearEnd):
+        freq = f"Y-{_MONTHS[offset.month - 1]}"
+    elif isinstance(offset, pd.offsets.Week) and offset.weekday is not None:
+        freq = f"W-{_WEEKDAYS[(offset.weekday - 1) % 7]}"
+    else:
+        freq = offset.freqstr
+    try:
+        periods = pd.PeriodIndex(stamps, freq=freq)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"the training times' frequency {alias} has no pandas period equivalent ({exc})") from None
+    if not (periods.start_time == stamps).all():
+        raise InvalidInput(
+            f"the training times ({alias}) are not the starts of their {freq} periods "
+            f"(e.g. {stamps[0].date()}): the service labels a period by its start; "
+            f"fit on y.to_period('{freq}') or on period-start times (e.g. MS for months)"
+        )
+    return periods.freqstr
+
+
+def from_sktime(
+    y: pd.DataFrame | pd.Series,
+    x: pd.DataFrame | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    time: str | None = None,
+    targets: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A forecaster's remembered (y, X) back to a long table and the schema facts it implies.
+
+    Parameters
+    ----------
+    y, x
+        sktime's pandas mtypes (Series, DataFrame, MultiIndex panels and hierarchies), time
+        as a PeriodIndex, a DatetimeIndex with a regular frequency (stored as the periods
+        that start at those times, `period_freq`) or integers.
+    keys, time, targets
+        Column names (a model spec's, or the user's); by default the data's own names, and
+        ``level_<i>``, ``time`` and ``y`` where it has none. sktime keeps a univariate
+        forecaster's data as an unnamed Series even when it was fitted on a named column.
+    """
     frame = y.to_frame() if isinstance(y, pd.Series) else y.copy()
-    frame.columns = [str(c) for c in frame.columns]
-    targets = list(frame.columns)
+    own_targets = [str(c) for c in frame.columns]
+    if isinstance(y, pd.Series) and y.name is None:
+        own_targets = ["y"]
+    if targets is not None and len(targets) != len(own_targets):
+        raise InvalidInput(
+            f"the forecaster was fitted on {len(own_targets)} target column(s), "
+            f"the names given are {len(targets)}: {list(targets)}"
+        )
+    frame.columns = list(targets) if targets is not None else own_targets
     exogenous: list[str] = []
     if x is not None and len(x.columns):
         x = x.copy()
         x.columns = [str(c) for c in x.columns]
         exogenous = list(x.columns)
         frame = frame.join(x, how="left")
-    index_names = [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
-    if frame.index.nlevels == 1 and frame.index.names[0] is None:
-        index_names = ["time"]
-    frame.index = frame.index.set_names(index_names)
-    keys, time = index_names[:-1], index_names[-1]
+    levels = frame.index.nlevels
+    own_keys = [str(n) if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names[:-1])]
+    if keys is not None and len(keys) != len(own_keys):
+        raise InvalidInput(
+            f"the forecaster's data has {len(own_keys)} key level(s) {own_keys}, the names given are {list(keys)}"
+        )
+    key_names = list(keys) if keys is not None else own_keys
+    time_name = time or (str(frame.index.names[-1]) if frame.index.names[-1] is not None else "time")
+    names = [*key_names, time_name]
+    clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & {*frame.columns}))
+    if clash:
+        raise InvalidInput(f"the names {clash} are used for more than one column; name them with the spec or flags")
+    frame.index = frame.index.set_names(names if levels > 1 else names[-1])
     time_index = frame.index.get_level_values(-1)
-    freq = time_index.freqstr if isinstance(time_index, pd.PeriodIndex) else None
-    if isinstance(time_index, pd.DatetimeIndex):
-        inferred = time_index.freqstr or pd.infer_freq(time_index.unique()[:50])
-        freq = pd.PeriodIndex([], freq=inferred).freqstr if inferred else None
+    freq = None
+    periods: pd.PeriodIndex | None = None
+    if isinstance(time_index, pd.PeriodIndex):
+        freq = time_index.freqstr
+    elif isinstance(time_index, pd.DatetimeIndex):
+        # a panel's times repeat per series: the frequency comes from one series' times
+        freq = period_freq(time_index.unique().sort_values() if levels > 1 else time_index)
+        periods = pd.PeriodIndex(time_index, freq=freq)
+    elif not pd.api.types.is_integer_dtype(time_index.dtype):
+        raise InvalidInput(
+            f"the forecaster's time index is {type(time_index).__name__} ({time_index.dtype}): "
+            "the service serves periods, timestamps with a frequency and integer steps"
+        )
     long = frame.reset_index()
-    if isinstance(time_index, pd.DatetimeIndex) and freq:
-        long[time] = pd.PeriodIndex(long[time], freq=freq)
-    kind = "single" if not keys else "panel"
-    if keys:
+    if periods is not None:
+        long[time_name] = periods
+    kind = "single" if not key_names else "panel"
+    if key_names:
         # sktime's Aggregator output: leaves only are training data
         leaf = np.ones(len(long), dtype=bool)
-        for k in keys:
+        for k in key_names:
             leaf &= long[k].astype(str).to_numpy() != TOTAL
         if not leaf.all():
             kind = "hierarchical"
             long = long[leaf].reset_index(drop=True)
-        elif len(keys) > 1:
-            kind = "panel"
-    facts = {"kind": kind, "keys": keys, "time": time, "targets": targets, "exogenous": exogenous, "freq": freq}
+    facts = {
+        "kind": kind,
+        "keys": key_names,
+        "time": time_name,
+        "targets": list(frame.columns[: len(own_targets)]),
+        "exogenous": exogenous,
+        "freq": freq,
+    }
     return long, facts
 
 
@@ -528,29 +623,51 @@ def forecast_table(
     quantiles: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """sktime prediction frames -> one long table with the documented column names,
-    times still as pandas values (see `wire_columns`)."""
+    times still as pandas values (see `wire_columns`): periods of ``schema.freq`` also for a
+    forecaster fitted on timestamps (the periods that start at them, `period_freq`).
+
+    sktime names a univariate forecaster's output after the data it was fitted on (an unnamed
+    Series: ``0``), not always the names the schema gives them: columns are taken by name, or
+    by position when the names differ."""
     index = point.index
     columns: dict[str, Any] = {}
     if index.nlevels > 1:
         for level, key in enumerate(schema.keys):
             columns[key] = index.get_level_values(level).astype(str).to_numpy(dtype=object)
-    columns[schema.time] = index.get_level_values(-1)
+    times = index.get_level_values(-1)
+    if isinstance(times, pd.DatetimeIndex) and schema.freq is not None:
+        times = pd.PeriodIndex(times, freq=schema.freq)
+    columns[schema.time] = times
+    variables = _variables(list(point.columns), schema.targets)
     for target in schema.targets:
-        columns[target] = point[target].to_numpy(dtype="float64")
+        columns[target] = point[variables[target]].to_numpy(dtype="float64")
     if intervals is not None:
         intervals = intervals.reindex(index)
+        variables = _variables(list(dict.fromkeys(intervals.columns.get_level_values(0))), schema.targets)
         for target in schema.targets:
             for coverage in sorted({c for (_, c, _) in intervals.columns}):
                 lower, upper = interval_columns(target, coverage)
-                columns[lower] = intervals[(target, coverage, "lower")].to_numpy(dtype="float64")
-                columns[upper] = intervals[(target, coverage, "upper")].to_numpy(dtype="float64")
+                columns[lower] = intervals[(variables[target], coverage, "lower")].to_numpy(dtype="float64")
+                columns[upper] = intervals[(variables[target], coverage, "upper")].to_numpy(dtype="float64")
     if quantiles is not None:
         quantiles = quantiles.reindex(index)
+        variables = _variables(list(dict.fromkeys(quantiles.columns.get_level_values(0))), schema.targets)
         for target in schema.targets:
             for level in sorted({q for (_, q) in quantiles.columns}):
-                columns[quantile_column(target, level)] = quantiles[(target, level)].to_numpy(dtype="float64")
+                columns[quantile_column(target, level)] = quantiles[(variables[target], level)].to_numpy(
+                    dtype="float64"
+                )
     table = pd.DataFrame(columns)
     return table
+
+
+def _variables(names: list[Any], targets: Sequence[str]) -> dict[str, Any]:
+    """Each target's column in a sktime output: the one of its name, else the one in its place."""
+    if all(t in names for t in targets):
+        return {t: t for t in targets}
+    if len(names) != len(targets):
+        raise ForecastFailed(f"the forecaster predicts the variables {names}, the model's targets are {list(targets)}")
+    return dict(zip(targets, names, strict=True))
 
 
 def wire_columns(table: pd.DataFrame, schema: Schema) -> dict[str, np.ndarray]:

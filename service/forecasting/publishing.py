@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 
 from service.errors import InvalidInput
@@ -31,7 +33,15 @@ from service.registry.store import (
     library_versions,
     validate_name,
 )
-from service.tables import Schema, canonical_table, fingerprint, format_time, from_sktime, write_parquet
+from service.tables import (
+    Schema,
+    canonical_table,
+    fingerprint,
+    format_time,
+    from_sktime,
+    to_sktime,
+    write_parquet,
+)
 
 
 @dataclass
@@ -138,22 +148,56 @@ def read_fitted(path: Path) -> Any:
     if zipfile.is_zipfile(path):
         from sktime.base import load
 
-        return load(str(path.with_suffix("")) if path.suffix == ".zip" else str(path))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return load(str(path.with_suffix("")) if path.suffix == ".zip" else str(path))
+        except Exception as exc:  # a zip that sktime did not write: KeyError, ValueError, ...
+            raise InvalidInput(f"{path.name}: not an sktime save() archive ({type(exc).__name__}: {exc})") from None
     try:
-        return joblib.load(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return joblib.load(path)
     except Exception as exc:  # joblib raises KeyError, ValueError, UnpicklingError... on junk
         raise InvalidInput(f"{path.name}: not a joblib/pickle file ({type(exc).__name__}: {exc})") from None
 
 
-def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int | None = None) -> int:
-    """Publish with the training data the forecaster remembers (sktime ``_y``/``_X``)."""
+def publish_fitted(
+    registry: Registry,
+    name: str,
+    forecaster: Any,
+    horizon: int | None = None,
+    *,
+    time: str | None = None,
+    targets: Sequence[str] | None = None,
+) -> int:
+    """Publish with the training data the forecaster remembers (sktime ``_y``/``_X``).
+
+    Column names come from the model's spec when it has one (``time``/``targets``, if given,
+    must agree with it), else from ``time``/``targets``, else from the data: sktime keeps a
+    univariate forecaster's data as an unnamed Series, so the names its predictions carry
+    (the columns it was fitted on) are used, then ``y`` and ``time``."""
     if getattr(forecaster, "is_fitted", False) is not True:
         raise InvalidInput("the file does not hold a fitted sktime forecaster")
     y = remembered_y(forecaster)
     if y is None:
         raise InvalidInput("the forecaster remembers no training data (set_config(remember_data=True) before fit)")
-    long, facts = from_sktime(y, remembered_x(forecaster))
+    x = remembered_x(forecaster)
     spec = read_spec(registry, name)
+    keys: list[str] | None = None
+    if spec is not None:
+        _agree(spec.data.time, time, "--time")
+        _agree(spec.data.targets, list(targets) if targets is not None else None, "--target")
+        keys, time, targets = list(spec.data.keys), spec.data.time, list(spec.data.targets)
+    elif targets is None and x is None and isinstance(y, pd.Series) and y.name is None:
+        targets = _predicted_names(forecaster)
+    long, facts = from_sktime(y, x, keys=keys, time=time, targets=targets)
+    if spec is not None and spec.freq != facts["freq"]:
+        raise InvalidInput(
+            f"model '{name}' has freq {spec.freq or 'none (integer steps)'} in its spec; the forecaster "
+            f"was fitted on {facts['freq'] or 'integer steps'}",
+            model=name,
+        )
     schema = Schema(
         **{
             **facts,
@@ -163,6 +207,11 @@ def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int 
         }
     )
     table = canonical_table(long, schema, what="training data")
+    horizon = horizon or (spec.horizon if spec else 12)
+    source = None
+    if isinstance(y.index.get_level_values(-1), pd.DatetimeIndex):
+        forecaster = _refit_on_periods(forecaster, table, schema, horizon)
+        source = {"refitted": f"on {schema.freq} periods, from a forecaster fitted on timestamps"}
     return publish_version(
         registry,
         name,
@@ -170,9 +219,64 @@ def publish_fitted(registry: Registry, name: str, forecaster: Any, horizon: int 
         PublishRequest(
             training=table,
             schema=schema,
-            horizon=horizon or (spec.horizon if spec else 12),
+            horizon=horizon,
             coverage=spec.coverage if spec else [],
             quantiles=spec.quantiles if spec else [],
             spec=registry.read_spec_raw(name),
+            source=source,
         ),
     )
+
+
+def _refit_on_periods(forecaster: Any, table: pd.DataFrame, schema: Schema, horizon: int) -> Any:
+    """A forecaster fitted on timestamps, refitted (a clone) on the same data as the periods that
+    start at them: the service serves periods (cutoffs, steps, observations, stored tables).
+    Published only if it forecasts the same numbers as the original over ``horizon``."""
+    if schema.exogenous:
+        raise InvalidInput(
+            f"a forecaster with exogenous data fitted on timestamps cannot be checked here: "
+            f"fit it on periods (y.to_period('{schema.freq}'), X.to_period('{schema.freq}'))"
+        )
+    y, _ = to_sktime(table, schema)
+    steps = list(range(1, horizon + 1))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            refitted = forecaster.clone().fit(y, fh=steps)
+    except Exception as exc:
+        raise InvalidInput(
+            f"refitting the forecaster on {schema.freq} periods failed ({type(exc).__name__}: {exc}); "
+            f"fit it on y.to_period('{schema.freq}')"[:1000]
+        ) from None
+    coverage = [0.9] if forecaster.get_tag("capability:pred_int", False) else []
+    expected = run_forecast(private_copy(forecaster), schema, steps, coverage)
+    got = run_forecast(private_copy(refitted), schema, steps, coverage)
+    same = expected.columns.equals(got.columns) and all(
+        expected[c].equals(got[c]) if c in (*schema.keys, schema.time) else np.allclose(expected[c], got[c], rtol=1e-7)
+        for c in expected.columns
+    )
+    if not same:
+        raise InvalidInput(
+            f"refitted on {schema.freq} periods the forecaster forecasts other numbers than fitted on timestamps; "
+            f"fit it on y.to_period('{schema.freq}') and publish that"
+        )
+    return refitted
+
+
+def _agree(from_spec: Any, given: Any, flag: str) -> None:
+    if given is not None and given != from_spec:
+        raise InvalidInput(f"{flag} {given} disagrees with the model's spec, which names {from_spec}")
+
+
+def _predicted_names(forecaster: Any) -> list[str] | None:
+    """The target names of the forecaster's predictions (sktime names them after the columns
+    it was fitted on); None when they have none or it cannot predict without more input."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            point = private_copy(forecaster).predict(fh=[1])
+    except Exception:  # e.g. it needs exogenous data: the data's own names then
+        return None
+    if isinstance(point, pd.Series):
+        return None if point.name is None else [str(point.name)]
+    return [str(c) for c in point.columns]

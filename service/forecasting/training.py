@@ -18,6 +18,7 @@ from service.forecasting.chunked_fit import fit_in_chunks
 from service.forecasting.progress import Cancelled, FitProgress, Progress
 from service.forecasting.publishing import PublishRequest, publish_version
 from service.forecasting.specs import ModelSpec, read_spec
+from service.observability import quiet_sktime_warnings
 from service.processes import on_dask_worker, seceded
 from service.registry.store import Registry
 from service.tables import Schema, canonical_table, to_sktime
@@ -68,6 +69,16 @@ def fit_spec(
     if panel:  # the published version predicts on the local cores, wherever it was fitted
         forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
+
+
+def with_quiet_workers(forecaster: Any) -> Any:
+    """A forecaster that runs per-series work on loky: its fresh worker processes route
+    warnings through the log like this process (`quiet_sktime_warnings` as initializer).
+    Set on working copies only (gate backtests), never on a published artifact."""
+    if forecaster.get_config().get("backend:parallel") == "loky":
+        params = dict(forecaster.get_config().get("backend:parallel:params") or {})
+        forecaster.set_config(**{"backend:parallel:params": {**params, "initializer": quiet_sktime_warnings}})
+    return forecaster
 
 
 def train_and_publish(

@@ -15,7 +15,7 @@ from service.forecasting.backtest import POINT_METRICS, BacktestRequest, Splitte
 from service.forecasting.progress import Progress
 from service.forecasting.publishing import PublishRequest, publish_version
 from service.forecasting.specs import read_spec
-from service.forecasting.training import fit_spec
+from service.forecasting.training import fit_spec, with_quiet_workers
 from service.registry.store import Registry
 
 Promote = Literal["auto", "always", "never"]
@@ -101,7 +101,7 @@ def retrain(
     say("fitting", 0, None)
     fitted = fit_spec(spec, raw, parallel=True, progress=lambda done, total: say("fitting", done, total))
     candidate, table, y, x = fitted.forecaster, fitted.training, fitted.y, fitted.x
-    unfitted = candidate.clone()
+    unfitted = with_quiet_workers(candidate.clone())
     fit_seconds, n_series = fitted.fit_seconds, fitted.series_count
     say("fitting", n_series, n_series)
 
@@ -118,7 +118,7 @@ def retrain(
         try:
             production = registry.load(name, production_version).forecaster
             # the same parallel backend as the candidate, so the comparison costs the same
-            production.set_config(**{k: v for k, v in candidate.get_config().items() if k.startswith("backend:")})
+            production.set_config(**{k: v for k, v in unfitted.get_config().items() if k.startswith("backend:")})
             production_result, _ = run_backtest(production, y, x, window, schema)
             scores["production"] = production_result["aggregate"][metric]
         except ServiceError as exc:

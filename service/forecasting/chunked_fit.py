@@ -59,20 +59,16 @@ def fit_in_chunks(
 
     fitted: dict[int, pd.DataFrame] = {}
     done = 0
-    with _workers() as pool:
+    with _workers() as pool:  # a failure or a cancel (from `progress`) drops the chunks not fitted yet
         futures = [
             pool.submit(_fit_chunk, i, forecaster, select(y, part), select(x, part), fh) for i, part in enumerate(parts)
         ]
-        try:
-            for future in as_completed(futures):
-                index, forecasters = future.result()
-                fitted[index] = forecasters
-                done += len(parts[index])
-                if progress is not None:
-                    progress(done, len(rows))
-        finally:
-            for future in futures:
-                future.cancel()
+        for future in as_completed(futures):
+            index, forecasters = future.result()
+            fitted[index] = forecasters
+            done += len(parts[index])
+            if progress is not None:
+                progress(done, len(rows))
 
     # what BaseForecaster.fit does around its vectorised fit, on the whole panel
     forecasters = pd.concat([fitted[i] for i in range(len(parts))]).reindex(rows)
@@ -86,13 +82,26 @@ def can_fork() -> bool:
 
 @contextlib.contextmanager
 def _workers() -> Iterator[Executor]:
+    """A pool of its own, whose workers have ended when the block has: joined after a fit;
+    after a failure or a cancel, chunks not started are dropped and the running ones not
+    waited for (loky's workers are killed at once; forked ones end with their chunk, or when
+    the job's process ends them). Its futures are never cancelled one by one: a loky pool
+    whose workers are killed fails on a cancelled future and leaves them running."""
+    pool: ProcessPoolExecutor | LokyExecutor
     if can_fork():
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(cpu_count(), mp_context=context, initializer=die_with_parent) as pool:
-            yield pool
+        pool = ProcessPoolExecutor(cpu_count(), mp_context=context, initializer=die_with_parent)
     else:
-        with LokyExecutor(cpu_count(), initializer=die_with_parent) as pool:
-            yield pool
+        pool = LokyExecutor(cpu_count(), initializer=die_with_parent)
+    try:
+        yield pool
+    except BaseException:
+        if isinstance(pool, LokyExecutor):
+            pool.shutdown(wait=True, kill_workers=True)
+        else:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _fit_chunk(index: int, forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None, fh: Any) -> tuple[int, Any]:

@@ -2,6 +2,9 @@
 
 Every state change is a conditional UPDATE, so two processes never both claim a job
 and a job marked failed (e.g. interrupted) is never flipped back by a late worker.
+The schema is made and changed by the Alembic revisions of `service.jobs.migrations`,
+safe when several processes open one store at the same moment; `metadata` here is what
+the head revision makes (a test compares the two).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import logging
 import os
 import socket
+import sqlite3
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.errors import Conflict, InvalidInput, NotFound, TooManyJobs
+from service.jobs import migrations
 from service.tables import encode_json
 
 log = logging.getLogger(__name__)
@@ -156,6 +162,21 @@ class Job:
         }
 
 
+def _write_ahead_log(cursor: Any, patience: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``. On a new file, processes switching it at the same moment
+    can get "database is locked" at once (SQLite skips its busy handler where waiting could
+    deadlock): tried again for up to ``patience`` seconds, as the busy timeout would."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -167,7 +188,7 @@ def make_engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _write_ahead_log(cursor)
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
@@ -184,7 +205,8 @@ class JobStore:
         self.url = url
         self.engine = make_engine(url)
         try:
-            metadata.create_all(self.engine)
+            if migrations.upgrade(self.engine):
+                log.info("job store schema upgraded to revision %s", migrations.head())
         except (sa.exc.OperationalError, OSError) as exc:  # a read-only data folder: serve, jobs answer 503
             log.error("the job store cannot be written (%s): job requests answer 503 until it can be", exc)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 # imported in the forkserver once, so each job starts in milliseconds
 import sktime.forecasting.model_evaluation  # noqa: F401
+from joblib.externals.loky import get_reusable_executor
 
 from service.errors import ServiceError
 from service.forecasting.progress import Cancelled, Progress
@@ -28,6 +30,26 @@ def _die_with_parent() -> None:
     forked child inherits that pipe's write end: close ours, or the two wait on each other."""
     die_with_parent()
     close_forkserver_alive_fd()
+
+
+def release_workers(timeout: float = 5.0) -> None:
+    """End every worker process this process started, so that it exits as soon as it returns.
+
+    At exit, multiprocessing joins the children a process started, and the idle workers of
+    joblib's reusable loky executor (sktime's ``"loky"`` backend, e.g. a panel's backtest)
+    wait ~300 s for more work: the job's process, and its runner slot, would wait with them.
+    In a job's own process, once its outcome is recorded: the workers are killed, not drained."""
+    if not multiprocessing.active_children():
+        return
+    try:  # joblib's shared executor: its manager thread ends too, so nothing is left to join
+        get_reusable_executor(reuse=True).shutdown(wait=True, kill_workers=True)
+    except Exception:  # whatever is left is killed below
+        log.exception("could not shut down joblib's loky workers")
+    children = multiprocessing.active_children()  # any other pool's workers
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout)
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:

@@ -39,7 +39,7 @@ def probe_capabilities(forecaster: Any, schema: Schema, training_x: pd.DataFrame
         "exogenous": {"required": bool(schema.exogenous), "columns": list(schema.exogenous)},
     }
     x_probe = probe_exogenous(training_x, schema)
-    probe = _one_series(forecaster)
+    probe = one_series(forecaster)
     if probe is not forecaster and x_probe is not None:
         x_probe = x_probe.loc[x_probe.index.droplevel(-1)[0]]  # the first series' rows
     for capability, method, kwargs in (
@@ -72,7 +72,7 @@ def probe_capabilities(forecaster: Any, schema: Schema, training_x: pd.DataFrame
     return result
 
 
-def _one_series(forecaster: Any) -> Any:
+def one_series(forecaster: Any) -> Any:
     """For a panel of per-series models (sktime vectorisation), the first series' fitted
     forecaster: probing it costs one series, not the whole panel."""
     inner = getattr(forecaster, "forecasters_", None)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, LimitExceeded, SeriesNotFound
+from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
 from service.tables import (
     TOTAL,
@@ -61,6 +62,7 @@ class Answer:
     columns: dict[str, np.ndarray]
     cutoff: Any
     fast: bool
+    observations_mode: str | None = None  # how new actuals were taken: state | refit
 
 
 class FastTable:
@@ -126,6 +128,7 @@ class ServedVersion:
         self.cutoff = cutoff_of(forecaster)
         self.cutoff_text = format_time(self.cutoff)
         self.capabilities = manifest.get("capabilities", {})
+        self._observations: dict[str, Any] | None = manifest.get("observations")
         self.series = self._series_ids()
         pre = manifest.get("precomputed") or {}
         if precomputed is None and not self.schema.exogenous:
@@ -154,6 +157,19 @@ class ServedVersion:
         return pickle.loads(pickled)
 
     # ------------------------------------------------------------------ facts
+    @property
+    def observations(self) -> dict[str, Any]:
+        """How this version takes new actuals (the manifest's probe; a version published before
+        the probe existed is probed once, on a private copy, when first asked)."""
+        found = self._observations
+        if found is None:
+            with self.lock:
+                found = self._observations
+                if found is None:
+                    found = probe_observations(self.forecaster, self.schema, "auto", max(len(self.series), 1))
+                    self._observations = found
+        return found
+
     def _series_ids(self) -> list[tuple[str, ...]]:
         if not self.schema.keys:
             return [()]
@@ -297,6 +313,7 @@ class ServedVersion:
         self, query: PredictQuery, series: tuple[tuple[str, ...], ...] | None, limits: Limits
     ) -> Answer:
         assert query.observations is not None
+        mode = self._observation_mode()
         if len(query.observations) > limits.max_rows:
             raise LimitExceeded(
                 f"'observations' has {len(query.observations)} rows; at most {limits.max_rows}", field="observations"
@@ -316,40 +333,102 @@ class ServedVersion:
                 f"found {late[0]}",
                 field="observations",
             )
-        leaves = set(self.series) if self.schema.kind != "hierarchical" else {s for s in self.series if TOTAL not in s}
+        leaves = [s for s in self.series if TOTAL not in s] if self.schema.kind == "hierarchical" else self.series
+        unobserved: list[tuple[str, ...]] = []
         if self.schema.keys:
-            unknown = {
-                tuple(k) for k in table[list(self.schema.keys)].drop_duplicates().itertuples(index=False)
-            } - leaves
+            observed = {tuple(k) for k in table[list(self.schema.keys)].drop_duplicates().itertuples(index=False)}
+            unknown = observed - set(leaves)
             if unknown:
                 raise SeriesNotFound(f"'observations' name unknown series {sorted(unknown)[:5]}", field="observations")
-            # sktime moves the cutoff of every series: all of them must move together
-            given = table.groupby(list(self.schema.keys), sort=False)[self.schema.time].max()
-            missing = sorted(
-                leaves - {tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))) for k in given.index}
-            )
-            if missing or given.nunique() > 1:
+            ends = table.groupby(list(self.schema.keys), sort=False)[self.schema.time].max()
+            if ends.nunique() > 1:
                 raise InvalidInput(
-                    "'observations' must bring the same new times for every series of the model "
-                    + (f"(missing {len(missing)} series, first {list(missing[0])})" if missing else "(ends differ)"),
+                    "'observations' must bring the same new times for every series they name (ends differ)",
                     field="observations",
-                    missing_series=[list(m) for m in missing[:20]],
                 )
-        y_new, x_new = to_sktime(table, self.schema)
+            unobserved = [s for s in leaves if s not in observed]
+            series = self._observed_series(series, observed, unobserved)
         new_cutoff = table[self.schema.time].max()
         steps = self._steps(query, new_cutoff, limits)
         x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
         coverage, quantiles = list(query.coverage), list(query.quantiles)
         private = self._private_forecaster()
+        if unobserved:
+            table = self._with_own_forecasts(private, table, unobserved)
+        y_new, x_new = to_sktime(table, self.schema)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                private.update(y_new, X=x_new, update_params=False)
+                private.update(y_new, X=x_new, update_params=mode == "refit")
         except Exception as exc:
             raise ForecastFailed(f"update with the observations failed: {type(exc).__name__}: {exc}"[:1000]) from exc
         result = run_forecast(private, self.schema, steps, coverage, quantiles, x_future)
         names = self.output_columns(coverage, quantiles)
-        return Answer(self._finish(result, series, names), cutoff_of(private), fast=False)
+        return Answer(self._finish(result, series, names), cutoff_of(private), fast=False, observations_mode=mode)
+
+    def _observation_mode(self) -> str:
+        """``state`` or ``refit``; a version that takes no new actuals refuses them (422)."""
+        entry = self.observations
+        mode = str(entry.get("mode"))
+        if mode not in ("state", "refit"):
+            raise CapabilityUnavailable(
+                f"{self.name} v{self.version} does not take new actuals ('observations'): "
+                f"{entry.get('reason') or 'not supported'}. Retrain to move its cutoff, or choose "
+                "'observations: refit' in the spec",
+                capability="observations",
+                field="observations",
+            )
+        return mode
+
+    def _observed_series(
+        self,
+        asked: tuple[tuple[str, ...], ...] | None,
+        observed: set[tuple[str, ...]],
+        unobserved: list[tuple[str, ...]],
+    ) -> tuple[tuple[str, ...], ...] | None:
+        """The series a forecast after new actuals returns. A panel's observations may name some
+        of its series: the answer covers those only. A hierarchy's must cover every bottom series
+        (its reconciled numbers tie all nodes together)."""
+        if not unobserved:
+            return asked
+        if self.schema.kind == "hierarchical":
+            raise InvalidInput(
+                "'observations' of a hierarchy must bring the same new times for every bottom series "
+                f"(missing {len(unobserved)} series, first {list(unobserved[0])})",
+                field="observations",
+                missing_series=[list(m) for m in unobserved[:20]],
+            )
+        if self.schema.exogenous:
+            raise InvalidInput(
+                f"{self.name} takes exogenous data: 'observations' must bring new times for every series, with "
+                f"their exogenous values (missing {len(unobserved)} series, first {list(unobserved[0])})",
+                field="observations",
+                missing_series=[list(m) for m in unobserved[:20]],
+            )
+        if asked is None:
+            return tuple(s for s in self.series if s in observed)
+        without = [s for s in asked if s not in observed]
+        if without:
+            raise InvalidInput(
+                f"series {list(without[0])} has no rows in 'observations': a forecast after new actuals is given "
+                "for the series they name; send its new actuals too, or ask for it in a request without them",
+                field="series",
+                series=list(without[0]),
+            )
+        return asked
+
+    def _with_own_forecasts(self, private: Any, table: pd.DataFrame, unobserved: list[tuple[str, ...]]) -> pd.DataFrame:
+        """The observations with the series they do not name continued by the version's own point
+        forecasts for the same new times: sktime moves the cutoff of every series at once, and with
+        fixed parameters a series' forecast depends on its own history, so the answer for the named
+        series is what a full update gives. Those filled series are not returned."""
+        new_times = pd.Index(table[self.schema.time].drop_duplicates()).sort_values()
+        steps = steps_of(new_times, self.cutoff)
+        own = run_forecast(private, self.schema, steps)
+        keys = pd.MultiIndex.from_frame(own[list(self.schema.keys)].astype(str))
+        own = own[keys.isin(pd.MultiIndex.from_tuples(unobserved))]
+        filled = pd.concat([table, own[list(table.columns)]], ignore_index=True)
+        return filled.sort_values([*self.schema.keys, self.schema.time], kind="stable").reset_index(drop=True)
 
     def _future_exogenous(
         self, frame: pd.DataFrame | None, cutoff: Any, steps: list[int], limits: Limits

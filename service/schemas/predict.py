@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
@@ -176,3 +176,8 @@ class PredictResponse(BaseModel):
     cutoff: str | int
     freq: str | None
     forecast: dict[str, list[Any]]
+    observations_mode: Literal["state", "refit"] | None = Field(
+        default=None,
+        description="present when the request sent 'observations': how this version took them, 'state' "
+        "(fixed parameters, new data) or 'refit' (refitted on a private copy); header X-Observations-Mode",
+    )

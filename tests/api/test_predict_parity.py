@@ -70,7 +70,15 @@ def predict(client: TestClient, name: str, body: Mapping[str, Any], **kwargs: An
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     payload = strict_json(r.content)
-    assert set(payload) == {"model", "version", "cutoff", "freq", "forecast"}
+    took_observations = "observations" in body
+    assert set(payload) == {"model", "version", "cutoff", "freq", "forecast"} | (
+        {"observations_mode"} if took_observations else set()
+    )
+    if took_observations:  # how the version took them, in the body and in a header
+        assert payload["observations_mode"] in ("state", "refit")
+        assert r.headers["x-observations-mode"] == payload["observations_mode"]
+    else:
+        assert "x-observations-mode" not in r.headers
     assert payload["model"] == name
     keys, time_col, _, _ = SCHEMAS[name]
     forecast = payload["forecast"]
@@ -465,15 +473,16 @@ def _hierarchy_observations() -> tuple[dict[str, list[Any]], pd.DataFrame]:
     return wire, y_new
 
 
-def _updated(forecaster: Any, y_new: Any, x_new: pd.DataFrame | None = None) -> Any:
-    """``update(update_params=False)`` on an isolated copy. A pickle round trip, not
+def _updated(forecaster: Any, y_new: Any, x_new: pd.DataFrame | None = None, *, refit: bool = False) -> Any:
+    """``update(update_params=refit)`` on an isolated copy (the version's observations mode:
+    ``state`` updates with fixed parameters, ``refit`` refits). A pickle round trip, not
     ``copy.deepcopy``: sktime keeps the per-node forecasters of vectorised/hierarchical
     models in a pandas DataFrame, and pandas' deep copy does not copy those objects, so
     updating a deepcopy moves the original's inner forecasters too."""
     private = pickle.loads(pickle.dumps(forecaster))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        private.update(y_new, X=x_new, update_params=False)
+        private.update(y_new, X=x_new, update_params=refit)
     return private
 
 
@@ -482,10 +491,11 @@ def test_observations_airline(api: TestClient, fitted: Any) -> None:
     body = {"observations": wire, "horizon": 4, "coverage": [0.8], "quantiles": [0.5]}
     payload = predict(api, "airline", body)
     assert payload["cutoff"] == "1961-03-01"
+    assert payload["observations_mode"] == "refit"  # Theta ignores new actuals at fixed parameters
     y_new = pd.DataFrame(
         {"passengers": wire["passengers"]}, index=pd.period_range("1961-01", periods=3, freq="M", name="month")
     )
-    expected = sktime_table(_updated(fitted("airline"), y_new), "airline", [1, 2, 3, 4], [0.8], [0.5])
+    expected = sktime_table(_updated(fitted("airline"), y_new, refit=True), "airline", [1, 2, 3, 4], [0.8], [0.5])
     assert_same_table(payload["forecast"], expected, "airline")
     assert payload["forecast"]["month"][0] == "1961-04-01"
 
@@ -495,7 +505,7 @@ def test_observations_airline_with_timestamps_and_fh(api: TestClient, fitted: An
     y_new = pd.DataFrame(
         {"passengers": wire["passengers"]}, index=pd.period_range("1961-01", periods=1, freq="M", name="month")
     )
-    updated = _updated(fitted("airline"), y_new)
+    updated = _updated(fitted("airline"), y_new, refit=True)
     by_time = predict(api, "airline", {"observations": wire, "timestamps": ["1961-03-01", "1961-12-01"]})
     assert_same_table(by_time["forecast"], sktime_table(updated, "airline", [2, 11]), "airline")
     by_fh = predict(api, "airline", {"observations": wire, "fh": [2, 11]})
@@ -508,6 +518,7 @@ def test_observations_tourism_every_series(api: TestClient, fitted: Any) -> None
     wire, y_new = _tourism_observations(forecaster, months=2)
     payload = predict(api, "tourism-monthly", {"observations": wire, "horizon": 3})
     assert payload["cutoff"] == "2008-02-01"
+    assert payload["observations_mode"] == "state"
     expected = sktime_table(_updated(forecaster, y_new), "tourism-monthly", [1, 2, 3])
     assert_same_table(payload["forecast"], expected, "tourism-monthly")
     subset = predict(api, "tourism-monthly", {"observations": wire, "fh": [3], "series": ["T017"]})
@@ -520,8 +531,9 @@ def test_observations_hierarchy(client: TestClient, registry_path: Path) -> None
     wire, y_new = _hierarchy_observations()
     payload = predict(client, "sales-hierarchy", {"observations": wire, "horizon": 5})
     assert payload["cutoff"] == "2005-02-01"
+    assert payload["observations_mode"] == "refit"
     fresh = Registry(registry_path).load("sales-hierarchy", 1).forecaster
-    expected = sktime_table(_updated(fresh, y_new), "sales-hierarchy", [1, 2, 3, 4, 5])
+    expected = sktime_table(_updated(fresh, y_new, refit=True), "sales-hierarchy", [1, 2, 3, 4, 5])
     assert_same_table(payload["forecast"], expected, "sales-hierarchy")
     assert payload["forecast"]["month"][0] == "2005-03-01"
 
@@ -530,11 +542,12 @@ def test_observations_var(api: TestClient, fitted: Any) -> None:
     wire = {"quarter": ["2009-10-01"], "infl": [1.2], "realint": [-0.4], "unemp": [10.0]}
     payload = predict(api, "macro-var", {"observations": wire, "horizon": 3, "coverage": [0.9]})
     assert payload["cutoff"] == "2009-10-01"
+    assert payload["observations_mode"] == "refit"
     y_new = pd.DataFrame(
         {"infl": [1.2], "realint": [-0.4], "unemp": [10.0]},
         index=pd.period_range("2009Q4", periods=1, freq="Q-DEC", name="quarter"),
     )
-    expected = sktime_table(_updated(fitted("macro-var"), y_new), "macro-var", [1, 2, 3], [0.9])
+    expected = sktime_table(_updated(fitted("macro-var"), y_new, refit=True), "macro-var", [1, 2, 3], [0.9])
     assert_same_table(payload["forecast"], expected, "macro-var")
 
 
@@ -545,6 +558,7 @@ def test_observations_with_exogenous(api: TestClient, fitted: Any) -> None:
     body = {"observations": observations, "exogenous": future, "horizon": 3, "coverage": [0.8]}
     payload = predict(api, "uschange", body)
     assert payload["cutoff"] == 188
+    assert payload["observations_mode"] == "state"
     y_new = pd.DataFrame({"consumption": [0.2, 0.9]}, index=pd.Index([187, 188]))
     x_new = exog_frame(observed, 187, 188)
     updated = _updated(fitted("uschange"), y_new, x_new)

@@ -20,6 +20,10 @@ from service.serving.fastlane import ARROW, CSV, JSON, negotiate
 from service.serving.responses import CachedAnswer
 from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
+OBSERVATIONS_HEADER = "X-Observations-Mode"
+"""How a forecast with ``observations`` took them: ``state`` (fixed parameters, new data) or
+``refit`` (refitted on a private copy); also the body's ``observations_mode``."""
+
 INLINE_BODY_BYTES = 16 * 1024
 """Bodies up to this size are parsed by FastAPI on the event loop (well under a millisecond
 for a normal one, a few ms at worst); larger ones on a worker thread (`OffLoopBody`)."""
@@ -113,11 +117,15 @@ async def predict(name: Annotated[str, Path(examples=["airline"])], body: Predic
                 "cutoff": cutoff,
                 "freq": served.freq,
                 "forecast": json_columns(answer.columns),
+                **({"observations_mode": answer.observations_mode} if answer.observations_mode else {}),
             }
         )
     else:
         payload = encode_arrow(answer.columns) if media == ARROW else encode_csv(answer.columns)
-    response = Response(payload, media_type=media, headers=_headers(served, cutoff))
+    headers = _headers(served, cutoff)
+    if answer.observations_mode:
+        headers[OBSERVATIONS_HEADER] = answer.observations_mode
+    response = Response(payload, media_type=media, headers=headers)
     if answer.fast and body.alias is None:
         # the fast lane answers the same bytes next time without FastAPI (service.serving.fastlane)
         entry = CachedAnswer(

@@ -7,6 +7,7 @@ Canonical long table: key columns (``str``), one time column (``period[freq]`` o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -14,7 +15,7 @@ import io
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,66 +116,99 @@ def csv_header_width(body: bytes) -> int:
 
 
 # ----------------------------------------------------------------------------- times
+REPORTED_ROWS = 10  # bad rows named in a problem (all are counted)
+BadRows = list[tuple[int, str]]  # (row, what is wrong with it)
+
+
 def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str) -> pd.Index:
     """Parse wire times: ISO 8601 strings (or pandas period strings like 1959Q1) to a
-    PeriodIndex of ``freq``; integers when the model has an integer time index."""
-    series = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values
-    if series.isna().any():
-        row = int(np.flatnonzero(series.isna().to_numpy())[0])
-        raise InvalidTable(f"column '{column}' has a missing time at row {row}", column=column, row=row)
-    if freq is None:
-        if pd.api.types.is_integer_dtype(series.dtype) and (series.abs() < INT_TIME_LIMIT).all():
-            return pd.Index(series.to_numpy(dtype="int64"))
-        bad = [i for i, v in enumerate(series) if not _is_integer(v)]
-        if bad:
-            raise InvalidTable(
-                f"column '{column}' must hold integer time steps for this model; "
-                f"row {bad[0]} has {series.iloc[bad[0]]!r}",
-                column=column,
-                row=bad[0],
-            )
-        return pd.Index(np.asarray([int(v) for v in series], dtype="int64"))
-    index = _parse_periods(series, freq, column)
-    _check_storable(index, series, freq, column)
+    PeriodIndex of ``freq``; integers when the model has an integer time index. The first
+    bad value is refused naming its row (`canonical_table` reports all of them)."""
+    index, bad = _parse_times(values, freq)
+    if bad:
+        row, text = bad[0]
+        raise InvalidTable(f"column '{column}' row {row}: {text}", column=column, row=row)
     return index
 
 
-def _parse_periods(series: pd.Series, freq: str, column: str) -> pd.PeriodIndex:
+def _parse_times(values: Sequence[Any] | pd.Series, freq: str | None) -> tuple[pd.Index, BadRows]:
+    """Times of every row, and every row whose time cannot be used (its place in the index
+    holds a placeholder then)."""
+    series = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values.reset_index(drop=True)
+    missing = series.isna().to_numpy()
+    bad: BadRows = [(int(i), "the time is missing") for i in np.flatnonzero(missing)]
+    if freq is None:
+        if pd.api.types.is_integer_dtype(series.dtype) and (series.abs() < INT_TIME_LIMIT).all():
+            return pd.Index(series.to_numpy(dtype="int64")), bad
+        whole = np.asarray([_is_integer(v) for v in series], dtype=bool)
+        bad += [
+            (int(i), f"{series.iloc[i]!r} is not an integer time step (the times here are integers)")
+            for i in np.flatnonzero(~whole & ~missing)
+        ]
+        steps = np.asarray([int(v) if ok else 0 for v, ok in zip(series, whole, strict=True)], dtype="int64")
+        return pd.Index(steps), sorted(bad)
+    index, unparsed = _parse_periods(series, freq, missing)
+    bad += unparsed
+    known = missing.copy()
+    known[[row for row, _ in unparsed]] = True
+    bad += _unstorable(index, series, freq, known)
+    return index, sorted(bad)
+
+
+def _parse_periods(series: pd.Series, freq: str, missing: np.ndarray) -> tuple[pd.PeriodIndex, BadRows]:
     if isinstance(series.dtype, pd.PeriodDtype):
-        return pd.PeriodIndex(series).asfreq(freq)
+        return pd.PeriodIndex(series).asfreq(freq), []
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return pd.PeriodIndex(pd.DatetimeIndex(series).tz_localize(None), freq=freq)
-    if not all(isinstance(v, str) for v in series):
-        first = next(i for i, v in enumerate(series) if not isinstance(v, str))
-        raise InvalidTable(
-            f"column '{column}' must hold ISO 8601 time strings; row {first} has {series.iloc[first]!r}",
-            column=column,
-            row=first,
-        )
+        return pd.PeriodIndex(pd.DatetimeIndex(series).tz_localize(None), freq=freq), []
+    if pd.api.types.is_integer_dtype(series.dtype):  # years read from a CSV: 1821, 1822, ...
+        series = series.astype(str)
+    strings = np.asarray([isinstance(v, str) for v in series], dtype=bool)
+    if strings.all():
+        try:
+            with warnings.catch_warnings():
+                # pandas warns (and will raise) on mixed UTC offsets; those take the per-value
+                # path below, which keeps each time's wall clock like a single offset does
+                warnings.simplefilter("error", FutureWarning)
+                stamps = pd.to_datetime(series, format="ISO8601", utc=False)
+            if getattr(stamps.dt, "tz", None) is not None:
+                stamps = stamps.dt.tz_localize(None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pd.PeriodIndex(stamps, freq=freq), []
+        except (ValueError, TypeError, OverflowError, AttributeError, FutureWarning):
+            pass
+        try:
+            return pd.PeriodIndex(series.tolist(), freq=freq), []
+        except (ValueError, TypeError, OverflowError):
+            pass
+    # some value is not a time: find them all, value by value only where pandas' vectorized
+    # ISO 8601 parse gives up (the times past 2262, period strings like 1959Q1, the bad ones)
+    values = series.to_numpy(dtype=object)
+    periods = np.full(len(values), pd.NaT, dtype=object)
+    todo = strings.copy()
+    rows = np.flatnonzero(strings)
     try:
         with warnings.catch_warnings():
-            # pandas warns (and will raise) on mixed UTC offsets; those take the per-value
-            # path below, which keeps each time's wall clock like a single offset does
             warnings.simplefilter("error", FutureWarning)
-            stamps = pd.to_datetime(series, format="ISO8601", utc=False)
+            stamps = pd.to_datetime(pd.Series(values[rows]), format="ISO8601", errors="coerce", utc=False)
         if getattr(stamps.dt, "tz", None) is not None:
             stamps = stamps.dt.tz_localize(None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pd.PeriodIndex(stamps, freq=freq)
+            parsed = pd.PeriodIndex(stamps, freq=freq)
+        good = ~np.asarray(parsed.isna())
+        periods[rows[good]] = list(parsed[good])
+        todo[rows[good]] = False
     except (ValueError, TypeError, OverflowError, AttributeError, FutureWarning):
         pass
-    try:
-        return pd.PeriodIndex(series.tolist(), freq=freq)
-    except (ValueError, TypeError, OverflowError):
-        for i, v in enumerate(series):
-            try:
-                pd.Period(v, freq=freq)
-            except (ValueError, TypeError, OverflowError):
-                raise InvalidTable(
-                    f"column '{column}' row {i}: {v!r} is not an ISO 8601 time", column=column, row=i
-                ) from None
-        raise InvalidTable(f"column '{column}' has unparseable times", column=column) from None
+    bad: BadRows = []
+    for i in np.flatnonzero(todo):
+        try:
+            periods[i] = pd.Period(values[i], freq=freq)
+        except (ValueError, TypeError, OverflowError):
+            bad.append((int(i), f"{values[i]!r} is not an ISO 8601 time"))
+    bad += [(int(i), f"{values[i]!r} is not a time string (ISO 8601)") for i in np.flatnonzero(~strings & ~missing)]
+    return pd.PeriodIndex(list(periods), freq=freq), bad
 
 
 @functools.lru_cache(maxsize=64)
@@ -195,23 +229,22 @@ def _storable(period: pd.Period) -> bool:
     return True
 
 
-def _check_storable(index: pd.PeriodIndex, values: pd.Series, freq: str, column: str) -> None:
-    """Refuse missing (``NaT``) times and periods beyond pandas' Timestamp range, naming the row."""
-    missing = np.asarray(index.isna())
-    if missing.any():
-        row = int(np.flatnonzero(missing)[0])
-        raise InvalidTable(f"column '{column}' row {row}: {values.iloc[row]!r} is not a time", column=column, row=row)
+def _unstorable(index: pd.PeriodIndex, values: pd.Series, freq: str, known: np.ndarray) -> BadRows:
+    """Rows (not already ``known`` bad) whose time is ``NaT`` or beyond pandas' Timestamp range."""
     first, last = storable_periods(freq)
+    nat = np.asarray(index.isna())
     ordinals = index.asi8
-    outside = (ordinals < first.ordinal) | (ordinals > last.ordinal)
-    if outside.any():
-        row = int(np.flatnonzero(outside)[0])
-        raise InvalidTable(
-            f"column '{column}' row {row}: {values.iloc[row]!r} is outside the times that can be stored at "
-            f"frequency {freq} ({first} .. {last}; pandas timestamps span 1677-09-21 .. 2262-04-11)",
-            column=column,
-            row=row,
+    outside = ~nat & ((ordinals < first.ordinal) | (ordinals > last.ordinal))
+    bad: BadRows = [(int(i), f"{values.iloc[i]!r} is not a time") for i in np.flatnonzero(nat & ~known)]
+    bad += [
+        (
+            int(i),
+            f"{values.iloc[i]!r} is outside the times that can be stored at frequency {freq} ({first} .. {last}; "
+            "pandas timestamps span 1677-09-21 .. 2262-04-11)",
         )
+        for i in np.flatnonzero(outside & ~known)
+    ]
+    return bad
 
 
 INT_TIME_LIMIT = 2**62  # integer time steps beyond this do not fit pandas' int64 arithmetic
@@ -293,37 +326,60 @@ def _float_or_nan(value: Any) -> float:
         return np.nan
 
 
-def _numeric_column(frame: pd.DataFrame, column: str, what: str, allow_missing: bool) -> np.ndarray:
-    raw = frame[column]
+def _numeric_values(raw: pd.Series) -> tuple[np.ndarray, BadRows, np.ndarray]:
+    """A value column as float64, the rows that are not numbers (text, booleans, infinities)
+    and the mask of missing values (empty, null, NaN)."""
     if pd.api.types.is_bool_dtype(raw.dtype):
-        raise InvalidTable(f"{what}: column '{column}' must be numeric, not boolean", column=column)
+        return np.zeros(len(raw)), [(i, f"{v!r} is not numeric") for i, v in enumerate(raw)], np.zeros(len(raw), bool)
     try:
         values = pd.to_numeric(raw, errors="coerce")
     except (OverflowError, ValueError):  # ints beyond float range are not coerced, they raise
         values = pd.to_numeric(raw.map(_float_or_nan), errors="coerce")
-    bad = values.isna() & raw.notna()
-    bad_bool = raw.map(lambda v: isinstance(v, bool))
-    bad = bad | bad_bool
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InvalidTable(
-            f"{what}: column '{column}' must be numeric; row {row} has {raw.iloc[row]!r}",
-            column=column,
-            row=row,
-        )
+    text = (values.isna() & raw.notna()).to_numpy()
+    if raw.dtype == object:
+        text |= np.asarray([isinstance(v, bool) for v in raw], dtype=bool)
     array = values.to_numpy(dtype="float64", na_value=np.nan)
-    nonfinite = ~np.isfinite(array)
-    if not allow_missing and nonfinite.any():
-        row = int(np.flatnonzero(nonfinite)[0])
+    infinite = np.isinf(array)
+    bad: BadRows = [(int(i), f"{raw.iloc[i]!r} is not numeric") for i in np.flatnonzero(text)]
+    bad += [(int(i), f"{raw.iloc[i]!r} is infinite") for i in np.flatnonzero(infinite)]
+    missing = np.isnan(array) & ~text
+    array[text | infinite] = np.nan
+    return array, bad, missing
+
+
+MISSING_POLICIES = ("error", "drop", "ffill", "interpolate")
+
+
+@dataclass
+class _Problems:
+    """Bad rows found while validating a table: all are counted, the first ones named."""
+
+    what: str
+    columns: list[str]
+    found: list[tuple[int, str, str]] = field(default_factory=list)  # (row, column, problem)
+
+    def add(self, column: str, bad: Iterable[tuple[int, str]]) -> None:
+        self.found.extend((int(row), column, text) for row, text in bad)
+
+    def raise_any(self, intro: str = "bad row", **extra: Any) -> None:
+        if not self.found:
+            return
+        rank = {c: i for i, c in enumerate(self.columns)}
+        found = sorted(self.found, key=lambda p: (p[0], rank.get(p[1], len(rank))))
+        rows = sorted({row for row, _, _ in found})
+        shown = found[:REPORTED_ROWS]
+        listed = "; ".join(f"row {row} '{column}': {text}" for row, column, text in shown)
+        more = f", the first {len(shown)} of {len(found)} problems" if len(found) > len(shown) else ""
         raise InvalidTable(
-            f"{what}: column '{column}' row {row} is missing, NaN or infinite",
-            column=column,
-            row=row,
+            f"{self.what}: {len(rows)} {intro}{'s' if len(rows) != 1 else ''}{more}: {listed}"[:4000],
+            column=shown[0][1],
+            row=shown[0][0],
+            count=len(rows),
+            rows=rows[:REPORTED_ROWS],
+            columns=[c for c in self.columns if any(p[1] == c for p in found)],
+            errors=[{"row": row, "column": column, "problem": text} for row, column, text in shown],
+            **extra,
         )
-    if np.isinf(array).any():
-        row = int(np.flatnonzero(np.isinf(array))[0])
-        raise InvalidTable(f"{what}: column '{column}' row {row} is infinite", column=column, row=row)
-    return array
 
 
 def canonical_table(
@@ -337,37 +393,133 @@ def canonical_table(
 ) -> pd.DataFrame:
     """Validate and normalise a long table: typed columns, sorted, no duplicated
     key+time, no gaps within a series (``contiguous``). ``columns`` are the value
-    columns required (default: targets and exogenous)."""
+    columns required (default: targets and exogenous). Every bad row is counted in one
+    `InvalidTable`, the first `REPORTED_ROWS` named."""
+    return canonical_upload(frame, schema, what=what, columns=columns, contiguous=contiguous, in_order=in_order)[0]
+
+
+def canonical_upload(
+    frame: pd.DataFrame,
+    schema: Schema,
+    *,
+    what: str,
+    missing: str = "error",
+    columns: Iterable[str] | None = None,
+    contiguous: bool = True,
+    in_order: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """`canonical_table` with a policy for missing values, and what the policy did.
+
+    Parameters
+    ----------
+    missing
+        ``error``: a missing value (empty, null, NaN) is a bad row; ``drop``: rows with one
+        are dropped (a hole left in a series' times is then refused as a gap); ``ffill``:
+        each series carries its last value forward (pandas ``ffill``); ``interpolate``:
+        linear between a series' neighbouring values (pandas ``interpolate(limit_area=
+        "inside")``). Values that ``ffill`` or ``interpolate`` cannot fill (at the start,
+        or the end, of a series) are bad rows. ``keep`` leaves them as NaN (for a later
+        policy on a merged table).
+    """
+    if missing not in (*MISSING_POLICIES, "keep"):
+        raise InvalidInput(f"missing must be one of {list(MISSING_POLICIES)}, not {missing!r}", field="missing")
     needed_values = list(columns) if columns is not None else [*schema.targets, *schema.exogenous]
     needed = [*schema.keys, schema.time, *needed_values]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InvalidTable(f"{what}: missing column(s) {missing}", columns=missing)
+    absent = [c for c in needed if c not in frame.columns]
+    if absent:
+        raise InvalidTable(f"{what}: missing column(s) {absent}", columns=absent)
     if len(frame) == 0:
         raise InvalidTable(f"{what}: the table has no rows")
+    frame = frame.reset_index(drop=True)
+    problems = _Problems(what, needed)
+    hint = None
+    usable = np.ones(len(frame), dtype=bool)  # rows whose keys and time can be compared
     out: dict[str, Any] = {}
     for key in schema.keys:
         raw = frame[key]
-        if raw.isna().any():
-            row = int(np.flatnonzero(raw.isna().to_numpy())[0])
-            raise InvalidTable(f"{what}: key column '{key}' row {row} is missing", column=key, row=row)
+        absent_key = raw.isna().to_numpy()
+        problems.add(key, ((int(i), "the key is missing") for i in np.flatnonzero(absent_key)))
+        usable &= ~absent_key
         out[key] = raw.astype(str).to_numpy(dtype=object)
-    times = parse_times(frame[schema.time].reset_index(drop=True), schema.freq, schema.time)
+    times, bad_times = _parse_times(frame[schema.time], schema.freq)
+    problems.add(schema.time, bad_times)
+    usable[[row for row, _ in bad_times]] = False
     out[schema.time] = times
     for column in needed_values:
-        out[column] = _numeric_column(frame.reset_index(drop=True), column, what, allow_missing=False)
+        values, bad, absent_value = _numeric_values(frame[column])
+        problems.add(column, bad)
+        if missing == "error" and absent_value.any():
+            problems.add(column, ((int(i), "is missing (empty, null or NaN)") for i in np.flatnonzero(absent_value)))
+            hint = "missing=drop, missing=ffill or missing=interpolate handles missing values"
+        out[column] = values
     table = pd.DataFrame(out)
     order = [*schema.keys, schema.time]
-    duplicated = table.duplicated(subset=order, keep=False).to_numpy()
-    if duplicated.any():
-        rows = np.flatnonzero(duplicated)[:10].tolist()
-        raise InvalidTable(f"{what}: duplicated {'+'.join(order)} at rows {rows}", rows=rows, columns=order)
+    duplicated = np.zeros(len(table), dtype=bool)
+    duplicated[usable] = table[usable].duplicated(subset=order, keep=False).to_numpy()
+    label = "+".join(order)
+    problems.add(
+        schema.time,
+        ((int(i), f"duplicated {label} {_row_label(table, order, int(i))}") for i in np.flatnonzero(duplicated)),
+    )
+    problems.raise_any(hint=hint)
     if in_order:
         _check_in_order(table, schema, what)
+    table["__row"] = np.arange(len(table))
     table = table.sort_values(order, kind="mergesort").reset_index(drop=True)
+    report = None
+    if missing in ("drop", "ffill", "interpolate"):
+        table, report = _fill_missing(table, schema, needed_values, missing, what)
     if contiguous:
-        _check_contiguous(table, schema, what)
-    return table
+        hint = ""
+        if report is not None and report.get("rows_dropped"):
+            hint = "; missing=drop left holes where it dropped rows: missing=ffill or missing=interpolate fills them"
+        _check_contiguous(table, schema, what, hint)
+    return table.drop(columns="__row"), report
+
+
+def _row_label(table: pd.DataFrame, order: list[str], row: int) -> str:
+    return " ".join(str(format_time(table[c].iloc[row])) for c in order)
+
+
+def _fill_missing(
+    table: pd.DataFrame, schema: Schema, columns: list[str], policy: str, what: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A sorted table's missing values dropped or filled within each series, and how many."""
+    report: dict[str, Any] = {"policy": policy}
+    if policy == "drop":
+        keep = table[columns].notna().all(axis=1).to_numpy()
+        report["rows_dropped"] = int((~keep).sum())
+        report["rows"] = sorted(table["__row"].to_numpy()[~keep].tolist())[:REPORTED_ROWS]
+        table = table[keep].reset_index(drop=True)
+        if table.empty:
+            raise InvalidTable(f"{what}: every row has a missing value; nothing is left after missing=drop")
+        return table, report
+    before = table[columns].isna().to_numpy()
+    if schema.keys:
+        groups = table.groupby(list(schema.keys), sort=False)[columns]
+        if policy == "ffill":
+            filled = groups.ffill()
+        else:
+            filled = groups.transform(lambda s: s.interpolate(method="linear", limit_area="inside"))
+    elif policy == "ffill":
+        filled = table[columns].ffill()
+    else:
+        filled = table[columns].interpolate(method="linear", limit_area="inside")
+    table[columns] = filled.to_numpy(dtype="float64")
+    after = table[columns].isna().to_numpy()
+    report["values_filled"] = int((before & ~after).sum())
+    report["rows"] = sorted(table["__row"].to_numpy()[(before & ~after).any(axis=1)].tolist())[:REPORTED_ROWS]
+    if after.any():
+        why = (
+            "is missing with no earlier value in its series to carry forward"
+            if policy == "ffill"
+            else "is missing at the start or end of its series, with nothing to interpolate between"
+        )
+        problems = _Problems(what, columns)
+        for j, column in enumerate(columns):
+            problems.add(column, ((int(table["__row"].iloc[i]), why) for i in np.flatnonzero(after[:, j])))
+        problems.raise_any("row left missing by missing=" + policy, hint="missing=drop drops rows with a missing value")
+    return table, report
 
 
 def _time_steps(times: pd.Series) -> np.ndarray:
@@ -395,7 +547,8 @@ def _check_in_order(table: pd.DataFrame, schema: Schema, what: str) -> None:
         )
 
 
-def _check_contiguous(table: pd.DataFrame, schema: Schema, what: str) -> None:
+def _check_contiguous(table: pd.DataFrame, schema: Schema, what: str, hint: str = "") -> None:
+    """Each series steps by one period (or integer) from row to row; every gap is counted."""
     steps = _time_steps(table[schema.time])
     if schema.keys:
         series_id = table.groupby(list(schema.keys), sort=False).ngroup().to_numpy()
@@ -403,16 +556,26 @@ def _check_contiguous(table: pd.DataFrame, schema: Schema, what: str) -> None:
     else:
         same_series = np.ones(len(steps) - 1, dtype=bool)
     gaps = (np.diff(steps) != 1) & same_series
-    if gaps.any():
-        row = int(np.flatnonzero(gaps)[0]) + 1
-        series = {k: table[k].iloc[row] for k in schema.keys}
-        raise InvalidTable(
-            f"{what}: the time column '{schema.time}' is not regular at row {row} "
-            f"(expected one step of frequency {schema.freq or 'integer'} after the previous row)",
-            column=schema.time,
-            row=row,
-            series=series or None,
-        )
+    if not gaps.any():
+        return
+    at = np.flatnonzero(gaps) + 1
+    origin = table["__row"].to_numpy() if "__row" in table.columns else np.arange(len(table))
+    times = table[schema.time]
+    shown = ", ".join(
+        f"row {int(origin[i])} ({format_time(times.iloc[i])} after {format_time(times.iloc[i - 1])})"
+        for i in at[:REPORTED_ROWS]
+    )
+    first = int(at[0])
+    series = {k: table[k].iloc[first] for k in schema.keys}
+    raise InvalidTable(
+        f"{what}: the time column '{schema.time}' is not regular at {len(at)} place{'s' if len(at) > 1 else ''}: "
+        f"{shown} (expected one step of frequency {schema.freq or 'integer'} after the previous row{hint})",
+        column=schema.time,
+        row=int(origin[first]),
+        count=len(at),
+        rows=sorted(int(origin[i]) for i in at)[:REPORTED_ROWS],
+        series=series or None,
+    )
 
 
 # ----------------------------------------------------------------------------- pandas <-> sktime
@@ -449,11 +612,30 @@ _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
 _WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
+def offset_period_freq(offset: pd.DateOffset) -> str:
+    """The period frequency whose periods start at the times of a pandas timestamp offset:
+    MS -> M, QS-JAN -> Q-DEC, YS-JAN -> Y-DEC, W-SAT (Saturdays) -> W-FRI (weeks
+    Saturday..Friday); D, h, min, s, B as they are. Month, quarter and year *ends* (ME, QE,
+    YE) map to their periods too, whose starts are not those times (callers check)."""
+    if isinstance(offset, pd.offsets.MonthBegin | pd.offsets.MonthEnd):
+        return "M"
+    if isinstance(offset, pd.offsets.QuarterBegin):
+        return f"Q-{_MONTHS[(offset.startingMonth - 2) % 12]}"
+    if isinstance(offset, pd.offsets.QuarterEnd):
+        return f"Q-{_MONTHS[offset.startingMonth - 1]}"
+    if isinstance(offset, pd.offsets.YearBegin):
+        return f"Y-{_MONTHS[(offset.month - 2) % 12]}"
+    if isinstance(offset, pd.offsets.YearEnd):
+        return f"Y-{_MONTHS[offset.month - 1]}"
+    if isinstance(offset, pd.offsets.Week) and offset.weekday is not None:
+        return f"W-{_WEEKDAYS[(offset.weekday - 1) % 7]}"
+    return str(offset.freqstr)
+
+
 def period_freq(stamps: pd.DatetimeIndex) -> str:
     """The period frequency whose periods start at ``stamps``, so that the wire (which shows a
-    period by its start, `format_times`) shows the user's own times: MS -> M, QS-JAN -> Q-DEC,
-    YS-JAN -> Y-DEC, W-SAT (Saturdays) -> W-FRI (weeks Saturday..Friday), D, h, min, s, B as
-    they are. Times that are not period starts (month ends: ME, QE, YE) are refused."""
+    period by its start, `format_times`) shows the user's own times (`offset_period_freq`).
+    Times that are not period starts (month ends: ME, QE, YE) are refused."""
     if stamps.tz is not None:
         raise InvalidInput(
             f"the training times carry a time zone ({stamps.tz}): the service keeps wall-clock times; "
@@ -465,20 +647,7 @@ def period_freq(stamps: pd.DatetimeIndex) -> str:
     offset = pd.tseries.frequencies.to_offset(alias)
     if offset.n != 1:
         raise InvalidInput(f"the training times step by {alias}: only single steps (M, not 2M) are served")
-    if isinstance(offset, pd.offsets.MonthBegin | pd.offsets.MonthEnd):
-        freq = "M"
-    elif isinstance(offset, pd.offsets.QuarterBegin):
-        freq = f"Q-{_MONTHS[(offset.startingMonth - 2) % 12]}"
-    elif isinstance(offset, pd.offsets.QuarterEnd):
-        freq = f"Q-{_MONTHS[offset.startingMonth - 1]}"
-    elif isinstance(offset, pd.offsets.YearBegin):
-        freq = f"Y-{_MONTHS[(offset.month - 2) % 12]}"
-    elif isinstance(offset, pd.offsets.YearEnd):
-        freq = f"Y-{_MONTHS[offset.month - 1]}"
-    elif isinstance(offset, pd.offsets.Week) and offset.weekday is not None:
-        freq = f"W-{_WEEKDAYS[(offset.weekday - 1) % 7]}"
-    else:
-        freq = offset.freqstr
+    freq = offset_period_freq(offset)
     try:
         periods = pd.PeriodIndex(stamps, freq=freq)
     except (ValueError, TypeError) as exc:
@@ -490,6 +659,188 @@ def period_freq(stamps: pd.DatetimeIndex) -> str:
             f"fit on y.to_period('{freq}') or on period-start times (e.g. MS for months)"
         )
     return periods.freqstr
+
+
+@dataclass(frozen=True)
+class TimeFreq:
+    """How a table's time column is stored: ``freq`` (a pandas period frequency, None for
+    integer steps), the pandas ``alias`` it was given or inferred as, and in words."""
+
+    freq: str | None
+    alias: str | None
+    inferred: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _period_meaning(alias: str) -> str | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return str(pd.PeriodIndex([], freq=alias).freqstr)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _timestamp_meaning(alias: str) -> tuple[pd.DateOffset | None, str | None]:
+    """The offset of a pandas timestamp alias and the period frequency starting at its times."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 'M' for month ends is deprecated (ME)
+            offset = pd.tseries.frequencies.to_offset(alias)
+    except (TypeError, ValueError, AttributeError):
+        return None, None
+    if offset is None or offset.n != 1:
+        return offset, None
+    return offset, _period_meaning(offset_period_freq(offset))
+
+
+def _sample_stamps(values: pd.Series) -> pd.DatetimeIndex | None:
+    """The distinct wall-clock times of a column that parse as ISO 8601 timestamps, sorted
+    (None when it holds no timestamps, e.g. integers or period strings like 1959Q1)."""
+    if isinstance(values.dtype, pd.PeriodDtype) or pd.api.types.is_integer_dtype(values.dtype):
+        return None
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        stamps = pd.Series(values)
+    else:
+        strings = values[[isinstance(v, str) for v in values]]
+        if strings.empty:
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                stamps = pd.to_datetime(strings, format="ISO8601", errors="coerce", utc=False)
+        except (ValueError, TypeError, OverflowError, AttributeError):
+            return None
+        if stamps.dtype == object:  # mixed UTC offsets
+            return None
+    if getattr(stamps.dt, "tz", None) is not None:
+        stamps = stamps.dt.tz_localize(None)
+    index = pd.DatetimeIndex(stamps.dropna().unique()).sort_values()
+    return index if len(index) else None
+
+
+def _keeps_labels(stamps: pd.DatetimeIndex | None, freq: str | None) -> bool:
+    if stamps is None or freq is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bool((pd.PeriodIndex(stamps, freq=freq).start_time == stamps).all())
+
+
+def _periods_detail(alias: str, freq: str, stamps: pd.DatetimeIndex | None) -> str:
+    text = f"pandas alias {alias}: stored as {freq} periods, each labelled by its start"
+    if stamps is not None and freq.startswith("W-"):
+        text += f" ({stamps[0].day_name()}s, as in the data)"
+    return text
+
+
+def resolve_freq(values: pd.Series, given: str | None, column: str) -> TimeFreq:
+    """The period frequency a time column is stored at, from ``given`` (a pandas period
+    frequency or timestamp alias) or, when None, inferred from the times with
+    `pandas.infer_freq`.
+
+    A timestamp alias maps to the periods that start at the user's times (MS -> M, W-SAT ->
+    W-FRI: weeks Saturday..Friday), so the times read back are the ones sent. Where a name
+    means one thing for periods and another for timestamps (W-SAT: weeks *ending* Saturday,
+    or Saturdays), the meaning that keeps the data's times wins. Integer times are integer
+    steps. Anything that cannot be stored without moving the times is an `InvalidInput`
+    that says which ``freq`` to give."""
+    if given is not None:
+        return _given_freq(values, given, column)
+    if isinstance(values.dtype, pd.PeriodDtype):
+        own = str(pd.PeriodIndex(values).freqstr)
+        return TimeFreq(own, own, True, f"the times are {own} periods")
+    if pd.api.types.is_integer_dtype(values.dtype) or (
+        len(values) and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values.dropna())
+    ):
+        return TimeFreq(None, None, True, "integer time steps (give freq, e.g. freq=Y, to read them as periods)")
+    stamps = _sample_stamps(values)
+    if stamps is None:
+        first = next((v for v in values if isinstance(v, str)), None)
+        named: str | None = None
+        with contextlib.suppress(ValueError, TypeError, OverflowError):
+            named = str(pd.Period(first).freqstr) if first is not None else None
+        if named is None:
+            raise InvalidInput(
+                f"column '{column}': no frequency can be inferred (its values are not ISO 8601 times); "
+                "give freq (M, Q, W-SAT, D, h, ...)",
+                field="freq",
+                column=column,
+            )
+        return TimeFreq(named, named, True, f"the times are {named} period strings (e.g. {first!r})")
+    alias = _infer_alias(stamps)
+    if alias is None:
+        raise InvalidInput(
+            f"column '{column}': pandas cannot infer a frequency from its times (first: "
+            f"{', '.join(t.isoformat() for t in stamps[:3])}); give freq (M, Q, W-SAT, D, h, ...)",
+            field="freq",
+            column=column,
+        )
+    _, freq = _timestamp_meaning(alias)
+    if freq is None:
+        raise InvalidInput(
+            f"column '{column}': the times step by {alias}; only single steps with a pandas period "
+            "equivalent are stored: give freq",
+            field="freq",
+            column=column,
+        )
+    if not _keeps_labels(stamps, freq):
+        raise InvalidInput(
+            f"column '{column}': the times are {alias} (e.g. {stamps[0].date()}), not the starts of {freq} "
+            f"periods; the service labels a period by its start. Give freq={freq} to store them as {freq} "
+            "periods (read back by their first day)",
+            field="freq",
+            column=column,
+            inferred=alias,
+        )
+    return TimeFreq(freq, alias, True, "inferred with pandas.infer_freq, " + _periods_detail(alias, freq, stamps))
+
+
+def _infer_alias(stamps: pd.DatetimeIndex) -> str | None:
+    """`pandas.infer_freq` of the times, or (when a gap makes them irregular) of their first,
+    middle or last 50: the gap is then reported as such, with the frequency it breaks."""
+    if len(stamps) < 3:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sample in (stamps, stamps[:50], stamps[len(stamps) // 2 :][:50], stamps[-50:]):
+            try:
+                alias = pd.infer_freq(sample) if len(sample) >= 3 else None
+            except (ValueError, TypeError):
+                alias = None
+            if alias is not None:
+                return str(alias)
+    return None
+
+
+def _given_freq(values: pd.Series, given: str, column: str) -> TimeFreq:
+    as_period = _period_meaning(given)
+    _, as_stamps = _timestamp_meaning(given)
+    if as_stamps is None or as_stamps == as_period:
+        if as_period is None:
+            raise InvalidInput(
+                f"'{given}' is not a pandas frequency with single steps (periods: M, Q, Y, W-SUN, D, h, ...; "
+                "timestamps: MS, QS, YS, W-SAT, ...)",
+                field="freq",
+            )
+        return TimeFreq(as_period, given, False, f"given: {as_period} periods")
+    stamps = _sample_stamps(values)
+    if as_period is not None and not _keeps_labels(stamps, as_stamps):
+        # a name of both kinds (W-SAT: weeks ending Saturday, or Saturdays): periods, unless
+        # the times are the timestamps'
+        return TimeFreq(as_period, given, False, f"given: {as_period} periods")
+    if stamps is not None and not _keeps_labels(stamps, as_stamps):
+        raise InvalidInput(
+            f"column '{column}': the times (e.g. {stamps[0].date()}) are not the starts of {as_stamps} periods, "
+            f"which is what {given} is stored as (a period is labelled by its start); give freq={as_stamps} to "
+            f"store them as {as_stamps} periods, read back by their first day",
+            field="freq",
+            column=column,
+        )
+    return TimeFreq(as_stamps, given, False, "given, " + _periods_detail(given, as_stamps, stamps))
 
 
 def from_sktime(

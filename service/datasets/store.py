@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from filelock import FileLock
 
 from service.errors import InvalidInput, InvalidName, NotFound
 from service.fileio import atomic_write
-from service.tables import Schema, canonical_table, fingerprint, format_time, read_parquet, write_parquet
+from service.tables import Schema, canonical_upload, fingerprint, format_time, read_parquet, write_parquet
 
 # model names are 1-64 characters; a declared source is snapshotted as "<model>.source"
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
@@ -104,10 +105,16 @@ class DatasetStore:
             yield
 
     # ------------------------------------------------------------------ read
-    def names(self) -> list[str]:
+    def names(self, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Dataset names in order; with ``after``, those after it; at most ``limit``."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "dataset.json").is_file())
+        names = sorted(
+            p.name for p in self.root.iterdir() if DATASET_NAME.fullmatch(p.name) and (p / "dataset.json").is_file()
+        )
+        if after is not None:
+            names = [n for n in names if n > after]
+        return names if limit is None else names[:limit]
 
     def describe(self, name: str) -> dict[str, Any]:
         path = self._dir(name) / "dataset.json"
@@ -130,23 +137,67 @@ class DatasetStore:
         return table, version, roles
 
     # ------------------------------------------------------------------ write
-    def put(self, name: str, frame: pd.DataFrame, roles: Roles) -> dict[str, Any]:
-        """Validate a whole table and store it as a new version (same content, same version)."""
-        table = canonical_table(frame, roles.schema(), what=f"dataset '{name}'")
-        with self._lock(name):
-            return self._store(name, table, roles)
+    def put(
+        self,
+        name: str,
+        frame: pd.DataFrame,
+        roles: Roles,
+        *,
+        missing: str = "error",
+        frequency: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Validate a whole table and store it as a new version (same content, same version).
 
-    def append(self, name: str, frame: pd.DataFrame) -> dict[str, Any]:
-        """Upsert rows by key+time into the latest version; the result is a new version."""
+        ``missing`` is the policy for missing values (`canonical_upload`); ``frequency`` how the
+        time column's frequency was found (`service.tables.TimeFreq`), kept with the roles."""
+        table, report = canonical_upload(frame, roles.schema(), what=f"dataset '{name}'", missing=missing)
+        with self._lock(name):
+            return self._store(name, table, roles, report, frequency)
+
+    def append(self, name: str, frame: pd.DataFrame, *, missing: str = "error") -> dict[str, Any]:
+        """Upsert rows by key+time into the latest version; the result is a new version.
+        Missing values are dropped from the new rows (``drop``) or filled on the merged table."""
         with self._lock(name):
             current, _, roles = self.read(name)
-            new = canonical_table(frame, roles.schema(), what=f"observations for '{name}'", contiguous=False)
+            new, report = canonical_upload(
+                frame,
+                roles.schema(),
+                what=f"observations for '{name}'",
+                contiguous=False,
+                missing=missing if missing in ("error", "drop") else "keep",
+            )
             key = [*roles.keys, roles.time]
             merged = pd.concat([current, new], ignore_index=True).drop_duplicates(subset=key, keep="last")
-            table = canonical_table(merged, roles.schema(), what=f"dataset '{name}' after the append")
-            return self._store(name, table, roles)
+            table, filled = canonical_upload(
+                merged,
+                roles.schema(),
+                what=f"dataset '{name}' after the append",
+                missing=missing if missing != "drop" else "error",
+            )
+            return self._store(name, table, roles, filled or report)
 
-    def _store(self, name: str, table: pd.DataFrame, roles: Roles) -> dict[str, Any]:
+    def delete(self, name: str) -> None:
+        """Remove a dataset and all its versions (NotFound when there is none)."""
+        self.describe(name)
+        directory = self._dir(name)
+        with self._lock(name):
+            try:
+                (directory / "dataset.json").unlink()  # from here on, readers find no dataset
+            except FileNotFoundError:
+                raise NotFound(f"no dataset named '{name}'", dataset=name) from None
+            shutil.rmtree(directory / "versions", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (directory / ".lock").unlink()
+            directory.rmdir()
+
+    def _store(
+        self,
+        name: str,
+        table: pd.DataFrame,
+        roles: Roles,
+        missing: Mapping[str, Any] | None = None,
+        frequency: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         schema = roles.schema()
         version = fingerprint(table, schema)[:16]
         directory = self._dir(name)
@@ -162,6 +213,9 @@ class DatasetStore:
             doc = {"name": name, "roles": roles.to_dict(), "versions": []}
         if doc["roles"] != roles.to_dict():
             doc["roles"] = roles.to_dict()
+            doc.pop("frequency", None)  # said of the old roles
+        if frequency is not None:
+            doc["frequency"] = dict(frequency)
         times = table[roles.time]
         entry = {
             "version": version,
@@ -172,6 +226,8 @@ class DatasetStore:
             "end": format_time(times.max()),
             "columns": list(table.columns),
         }
+        if missing is not None:
+            entry["missing"] = dict(missing)
         if version not in {v["version"] for v in doc["versions"]}:
             doc["versions"].append(entry)
         doc["latest"] = version

@@ -7,6 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 
+class MissingReport(BaseModel):
+    policy: Literal["drop", "ffill", "interpolate"]
+    rows_dropped: int | None = Field(default=None, description="missing=drop: rows left out")
+    values_filled: int | None = Field(default=None, description="missing=ffill|interpolate: values filled")
+    rows: list[int] = Field(default_factory=list, description="The first rows (of the upload) dropped or filled")
+
+
 class DatasetVersion(BaseModel):
     version: str
     created_at: str
@@ -15,6 +22,14 @@ class DatasetVersion(BaseModel):
     start: str | int
     end: str | int
     columns: list[str]
+    missing: MissingReport | None = Field(default=None, description="What the upload's missing= policy did")
+
+
+class Frequency(BaseModel):
+    freq: str | None = Field(description="The pandas period frequency stored (roles.freq); null: integer steps")
+    alias: str | None = Field(description="The pandas alias given or inferred (e.g. W-SAT, MS)")
+    inferred: bool = Field(description="Inferred from the times (no freq was given)")
+    detail: str
 
 
 class DatasetInfo(BaseModel):
@@ -22,10 +37,14 @@ class DatasetInfo(BaseModel):
     roles: dict[str, Any]
     latest: str
     versions: list[DatasetVersion]
+    frequency: Frequency | None = Field(
+        default=None, description="How the time frequency was found, from the upload that set the roles"
+    )
 
 
 class DatasetList(BaseModel):
     datasets: list[DatasetInfo]
+    next_page_token: str | None = Field(default=None, description="Pass as page_token for the next page; null: last")
 
 
 class GateBody(BaseModel):

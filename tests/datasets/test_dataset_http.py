@@ -190,7 +190,7 @@ def test_append_upserts_and_makes_a_new_version(client: TestClient, air: dict[st
 
 
 def test_list_and_describe(client: TestClient, air: dict[str, Any]) -> None:
-    assert client.get("/v1/datasets").json() == {"datasets": [air]}
+    assert client.get("/v1/datasets").json() == {"datasets": [air], "next_page_token": None}
     client.put(
         "/v1/datasets/stores?time=month&targets=sales&keys=region,store&freq=M",
         content=to_csv(panel_frame()),
@@ -296,14 +296,14 @@ def test_new_dataset_without_roles_is_422_and_nothing_is_stored(client: TestClie
         )
     )
     problem(client.get("/v1/datasets/fresh"), 404)
-    assert client.get("/v1/datasets").json() == {"datasets": []}
+    assert client.get("/v1/datasets").json() == {"datasets": [], "next_page_token": None}
     assert not (data_dir(client) / "datasets" / "fresh" / "dataset.json").exists()
 
 
 def test_append_to_an_unknown_dataset_is_404(client: TestClient) -> None:
     answer = problem(client.post("/v1/datasets/ghost/observations", content=to_csv(airline_frame()), headers=CSV), 404)
     assert "ghost" in answer["detail"]
-    assert client.get("/v1/datasets").json() == {"datasets": []}
+    assert client.get("/v1/datasets").json() == {"datasets": [], "next_page_token": None}
 
 
 def test_invalid_dataset_name_is_422(client: TestClient) -> None:

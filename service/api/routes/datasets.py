@@ -1,13 +1,16 @@
 from __future__ import annotations
 
-from typing import Annotated
+import base64
+import binascii
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from service.api import uploads
 from service.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.datasets.store import DATASET_NAME
+from service.errors import InvalidInput
 from service.schemas.datasets import DatasetInfo, DatasetList
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
@@ -22,6 +25,13 @@ TABLE_BODY = {
     "required": True,
 }
 DatasetName = Annotated[str, Path(description="Dataset name", examples=["sales"], pattern=DATASET_NAME.pattern)]
+Missing = Annotated[
+    Literal["error", "drop", "ffill", "interpolate"],
+    Query(
+        description="Missing values (empty, null, NaN): error (a 422 naming them), drop the rows, ffill (carry the "
+        "last value forward) or interpolate (linearly, between values) within each series"
+    ),
+]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -44,13 +54,20 @@ async def put_dataset(
     targets: Annotated[str | None, Query(description="Target columns, comma-separated")] = None,
     keys: Annotated[str | None, Query(description="Key columns, top level first, comma-separated")] = None,
     exogenous: Annotated[str | None, Query(description="Exogenous columns, comma-separated")] = None,
-    freq: Annotated[str | None, Query(description="Period frequency (M, Q, D, ...); none = integer time")] = None,
+    freq: Annotated[
+        str | None,
+        Query(
+            description="pandas frequency: a period frequency (M, Q, Y, D, h) or a timestamp alias (MS, W-SAT, h), "
+            "stored as the periods that start at the times sent; omitted: inferred from the times (integers: steps)"
+        ),
+    ] = None,
     model: Annotated[str | None, Query(description="Take the column roles from this model's spec")] = None,
+    missing: Missing = "error",
 ) -> DatasetInfo:
     body = await request.body()
     roles = {"time": time, "targets": _csv(targets), "keys": _csv(keys), "exogenous": _csv(exogenous), "freq": freq}
     doc = await runtime.run_ingest(
-        uploads.upload, runtime, name, body, request.headers.get("content-type"), roles, model
+        uploads.upload, runtime, name, body, request.headers.get("content-type"), roles, model, missing
     )
     return DatasetInfo(**doc)
 
@@ -63,16 +80,52 @@ async def put_dataset(
     openapi_extra={"requestBody": TABLE_BODY},
     responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM, 503: PROBLEM},
 )
-async def append_observations(name: DatasetName, request: Request, runtime: RuntimeDep) -> DatasetInfo:
+async def append_observations(
+    name: DatasetName, request: Request, runtime: RuntimeDep, missing: Missing = "error"
+) -> DatasetInfo:
     body = await request.body()
-    doc = await runtime.run_ingest(uploads.append, runtime, name, body, request.headers.get("content-type"))
+    doc = await runtime.run_ingest(uploads.append, runtime, name, body, request.headers.get("content-type"), missing)
     return DatasetInfo(**doc)
 
 
-@router.get("", response_model=DatasetList, summary="Datasets with their versions")
-async def list_datasets(runtime: RuntimeDep) -> DatasetList:
+def _page_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _after(token: str | None) -> str | None:
+    if token is None:
+        return None
+    try:
+        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        name = ""
+    if not DATASET_NAME.fullmatch(name):
+        raise InvalidInput("page_token is not one this server gave: start again without it", field="page_token")
+    return name
+
+
+@router.get("", response_model=DatasetList, summary="Datasets with their versions, a page at a time")
+async def list_datasets(
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Datasets per page")] = 100,
+    page_token: Annotated[str | None, Query(max_length=200, description="next_page_token of the page before")] = None,
+) -> DatasetList:
     store = runtime.datasets
-    return DatasetList(datasets=[DatasetInfo(**store.describe(n)) for n in store.names()])
+    names = store.names(after=_after(page_token), limit=limit + 1)
+    page = [DatasetInfo(**store.describe(n)) for n in names[:limit]]
+    return DatasetList(datasets=page, next_page_token=_page_token(names[limit - 1]) if len(names) > limit else None)
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    summary="Delete a dataset and its versions; refused (409) while a model reads it (admin)",
+    dependencies=[AdminAccess],
+    responses={404: PROBLEM, 409: PROBLEM},
+)
+async def delete_dataset(name: DatasetName, runtime: RuntimeDep) -> Response:
+    await runtime.run_ingest(uploads.delete, runtime, name)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
+from service.api.paging import decode_page_token, encode_page_token
+from service.datasets.store import DatasetStore
 from service.documents import load_document
-from service.errors import AliasesUnreadable, ServiceError, SpecError, VersionLoadError
-from service.forecasting.specs import read_spec, write_spec
-from service.registry.store import Registry, validate_alias
+from service.errors import AliasesUnreadable, InvalidInput, ServiceError, SpecError, VersionLoadError
+from service.forecasting.specs import check_against_dataset, parse_model_spec, read_spec, write_spec
+from service.registry.store import NAME_PATTERN, SPEC_FILE, Registry, validate_alias
 from service.schemas.models import ModelDetail, ModelList, ModelSummary, VersionSummary
 from service.serving.cache import ModelCache, describe_state, scrub_paths
 
+MAX_PAGE = 1000
 
-def list_models(registry: Registry, cache: ModelCache) -> ModelList:
+
+def _after(page_token: str | None) -> str | None:
+    """The last name of the previous page, from its token (a name: anything else was never given out)."""
+    after = decode_page_token(page_token)
+    if after is not None and not NAME_PATTERN.fullmatch(after):
+        raise InvalidInput(
+            "page_token is not one this server gave out: send the next_page_token of the previous page, "
+            "or none for the first page",
+            field="page_token",
+        )
+    return after
+
+
+def list_models(registry: Registry, cache: ModelCache, limit: int = 100, page_token: str | None = None) -> ModelList:
+    """One page of models in name order; ``next_page_token`` resumes after its last name
+    (models added or removed meanwhile do not shift the pages)."""
+    after = _after(page_token)
+    names = [n for n in registry.list_models() if after is None or n > after]
+    page = names[: max(1, min(int(limit), MAX_PAGE))]
     summaries = []
-    for name in registry.list_models():
+    for name in page:
         spec = None
         with contextlib.suppress(ServiceError):
             spec = read_spec(registry, name)
@@ -34,16 +57,23 @@ def list_models(registry: Registry, cache: ModelCache) -> ModelList:
         summaries.append(
             ModelSummary(
                 name=name,
-                description=spec.description if spec else "",
+                description=(spec.description if spec else "") or (manifest or {}).get("description") or "",
                 kind=(manifest or {}).get("kind") or (spec.kind if spec else None),
                 freq=(manifest or {}).get("freq") or (spec.freq if spec else None),
                 series_count=((manifest or {}).get("series") or {}).get("count"),
                 production_version=production,
                 last_trained=latest,
                 headline_metric=metrics.get("headline"),
+                tags=_tags(manifest),
             )
         )
-    return ModelList(models=summaries)
+    more = len(names) > len(page)
+    return ModelList(models=summaries, next_page_token=encode_page_token(page[-1]) if more else None)
+
+
+def _tags(manifest: Mapping[str, Any] | None) -> list[str]:
+    tags = (manifest or {}).get("tags")
+    return [str(t) for t in tags] if isinstance(tags, list) else []
 
 
 def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetail:
@@ -61,6 +91,8 @@ def model_detail(registry: Registry, cache: ModelCache, name: str) -> ModelDetai
                 cutoff=m.get("cutoff"),
                 forecaster=(m.get("forecaster") or {}).get("class"),
                 job_id=m.get("job_id"),
+                description=m.get("description") if isinstance(m.get("description"), str) else None,
+                tags=_tags(m),
             )
         )
     try:
@@ -109,9 +141,17 @@ def move_alias(registry: Registry, cache: ModelCache, name: str, alias: str, ver
     return aliases
 
 
-def put_spec(registry: Registry, name: str, body: bytes, content_type: str | None) -> tuple[bool, dict]:
+def put_spec(
+    registry: Registry,
+    datasets: DatasetStore,
+    name: str,
+    body: bytes,
+    content_type: str | None,
+    dry_run: bool = False,
+) -> tuple[bool, dict, dict]:
     """Parse a JSON or YAML spec within the document budgets, validate it (allow-list
-    included), store it atomically."""
+    included), check it against its dataset, and (unless ``dry_run``) store it atomically.
+    Returns (created, the document, what was checked)."""
 
     kind = (content_type or "").split(";")[0].strip().lower()
     if not body:
@@ -120,5 +160,14 @@ def put_spec(registry: Registry, name: str, body: bytes, content_type: str | Non
     if not isinstance(raw, dict):
         raise SpecError("a model spec must be an object")
     existed = registry.spec_path(name).is_file()  # not parsed: a broken stored spec can be replaced
-    write_spec(registry, name, raw)
-    return not existed, raw
+    spec = parse_model_spec(raw, origin=f"{name}/{SPEC_FILE}")
+    _, check = check_against_dataset(spec, datasets)
+    if not dry_run:
+        write_spec(registry, name, raw)
+    return not existed, raw, check
+
+
+def delete_version(registry: Registry, cache: ModelCache, name: str, version: int) -> None:
+    """Delete a version no alias points at; memory and cached answers forget it at once."""
+    registry.delete_version(name, version)
+    cache.forget(name, version)

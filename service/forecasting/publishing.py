@@ -5,7 +5,9 @@ fitted outside the service (notebook, script)."""
 from __future__ import annotations
 
 import io
+import logging
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -18,9 +20,10 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ServiceError
 from service.fileio import sha256_bytes
 from service.forecasting.capabilities import probe_capabilities
+from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, private_copy, run_forecast
 from service.forecasting.sktime_internals import remembered_x, remembered_y
 from service.forecasting.specs import jsonable, qualified_name, read_spec
@@ -43,6 +46,10 @@ from service.tables import (
     write_parquet,
 )
 
+log = logging.getLogger(__name__)
+
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=+-]{0,63}$")
+
 
 @dataclass
 class PublishRequest:
@@ -60,6 +67,20 @@ class PublishRequest:
     fit_seconds: float | None = None
     metrics: Mapping[str, Any] | None = None
     precompute: bool = True
+    observations: str = "auto"  # the spec's choice: auto | state | refit | none
+    description: str | None = None  # what this version is, from whoever published it (CLI --description)
+    tags: list[str] = field(default_factory=list)  # free labels (CLI --tag), shown in the model list
+
+    def __post_init__(self) -> None:
+        if self.description is not None and (not isinstance(self.description, str) or len(self.description) > 2000):
+            raise InvalidInput("a version's description is a string of at most 2000 characters", field="description")
+        tags = list(self.tags or [])
+        if len(tags) > 32 or any(not isinstance(t, str) or not TAG_PATTERN.fullmatch(t) for t in tags):
+            raise InvalidInput(
+                "tags: at most 32, each 1-64 characters of letters, digits and . _ : / = + - (no spaces)",
+                field="tags",
+            )
+        self.tags = list(dict.fromkeys(tags))
 
 
 def publish_version(registry: Registry, name: str, forecaster: Any, request: PublishRequest) -> int:
@@ -72,6 +93,8 @@ def publish_version(registry: Registry, name: str, forecaster: Any, request: Pub
     artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
     training_x = remembered_x(forecaster)
     capabilities = probe_capabilities(forecaster, schema, training_x)
+    series_count = len(request.training[list(schema.keys)].drop_duplicates()) if schema.keys else 1
+    observations = probe_observations(forecaster, schema, request.observations, series_count)
     coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
     quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
     precomputed = None
@@ -126,10 +149,13 @@ def publish_version(registry: Registry, name: str, forecaster: Any, request: Pub
             "quantiles": quantiles if precomputed is not None else [],
         },
         "capabilities": capabilities,
+        "observations": observations,
         "libraries": library_versions(),
         "job_id": request.job_id,
         "fit_seconds": request.fit_seconds,
         "metrics": jsonable(dict(request.metrics)) if request.metrics else {},
+        "description": request.description,
+        "tags": list(request.tags),
     }
     return registry.write_version(name, files, manifest)
 
@@ -170,6 +196,8 @@ def publish_fitted(
     *,
     time: str | None = None,
     targets: Sequence[str] | None = None,
+    description: str | None = None,
+    tags: Sequence[str] = (),
 ) -> int:
     """Publish with the training data the forecaster remembers (sktime ``_y``/``_X``).
 
@@ -185,14 +213,18 @@ def publish_fitted(
     x = remembered_x(forecaster)
     spec = read_spec(registry, name)
     keys: list[str] | None = None
-    if spec is not None:
-        _agree(spec.data.time, time, "--time")
-        _agree(spec.data.targets, list(targets) if targets is not None else None, "--target")
-        keys, time, targets = list(spec.data.keys), spec.data.time, list(spec.data.targets)
+    if spec is not None:  # a dataset spec may leave roles to its dataset: those come from the data here
+        if spec.data.time is not None:
+            _agree(spec.data.time, time, "--time")
+            time = spec.data.time
+        if spec.data.targets is not None:
+            _agree(spec.data.targets, list(targets) if targets is not None else None, "--target")
+            targets = list(spec.data.targets)
+        keys = None if "keys" in spec.data.inherited_roles else list(spec.data.keys)
     elif targets is None and x is None and isinstance(y, pd.Series) and y.name is None:
         targets = _predicted_names(forecaster)
     long, facts = from_sktime(y, x, keys=keys, time=time, targets=targets)
-    if spec is not None and spec.freq != facts["freq"]:
+    if spec is not None and not spec.inherited_settings and spec.freq != facts["freq"]:
         raise InvalidInput(
             f"model '{name}' has freq {spec.freq or 'none (integer steps)'} in its spec; the forecaster "
             f"was fitted on {facts['freq'] or 'integer steps'}",
@@ -212,7 +244,7 @@ def publish_fitted(
     if isinstance(y.index.get_level_values(-1), pd.DatetimeIndex):
         forecaster = _refit_on_periods(forecaster, table, schema, horizon)
         source = {"refitted": f"on {schema.freq} periods, from a forecaster fitted on timestamps"}
-    return publish_version(
+    version = publish_version(
         registry,
         name,
         forecaster,
@@ -224,8 +256,26 @@ def publish_fitted(
             quantiles=spec.quantiles if spec else [],
             spec=registry.read_spec_raw(name),
             source=source,
+            observations=spec.observations if spec else "auto",
+            description=description,
+            tags=list(tags),
         ),
     )
+    if spec is not None:
+        keep_newest(registry, name, spec.keep_versions)
+    return version
+
+
+def keep_newest(registry: Registry, name: str, keep: int | None) -> list[int]:
+    """The spec's retention (``keep_versions``) after a publish: versions no alias points at
+    beyond the newest ``keep`` are deleted. A failure is logged; the next publish retries."""
+    if not keep:
+        return []
+    try:
+        return registry.prune_versions(name, keep)
+    except ServiceError as exc:
+        log.warning("retention of %s skipped: %s", name, exc.detail)
+        return []
 
 
 def _refit_on_periods(forecaster: Any, table: pd.DataFrame, schema: Schema, horizon: int) -> Any:

@@ -8,6 +8,7 @@ user-given module path and nothing is evaluated.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import warnings
@@ -18,8 +19,9 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.datasets.store import DatasetStore, Roles
 from service.documents import load_document
-from service.errors import SpecError, SpecFileInvalid
+from service.errors import InvalidName, NotFound, SpecError, SpecFileInvalid
 from service.forecasting.allowlist import ALLOWED, allowed_classes, refused_param
 from service.registry.store import SPEC_FILE, Registry
 from service.tables import Schema
@@ -51,14 +53,28 @@ def resolve_class(name: Any) -> Callable[..., Any]:
         if name not in (public, qualified_name(found)):
             found = None
     if found is None:
+        suggestion = did_you_mean(bare)
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
         raise SpecError(
-            f"class '{name[:200]}' is not in the allow-list (the reviewed sktime forecasters, reductions, "
+            f"class '{name[:200]}' is not in the allow-list{hint} (the reviewed sktime forecasters, reductions, "
             "compositions, reconcilers and transformers, scikit-learn regressors, XGBRegressor, LGBMRegressor, "
-            "make_reduction: see the README)",
+            "make_reduction: GET /v1/forecasters lists them)",
             field="class",
             value=name[:200],
+            **({"suggestion": suggestion} if suggestion else {}),
         )
     return found
+
+
+def did_you_mean(name: str) -> str | None:
+    """The allow-listed name closest to ``name`` (case first: ``AutoEts`` -> ``AutoETS``), if any is close."""
+    if not isinstance(name, str) or not name:
+        return None
+    by_lower = {n.lower(): n for n in ALLOWED}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    close = difflib.get_close_matches(name.lower()[:200], list(by_lower), n=1, cutoff=0.8)
+    return by_lower[close[0]] if close else None
 
 
 # ----------------------------------------------------------------------------- build
@@ -168,20 +184,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ROLE_FIELDS = ("keys", "time", "targets", "exogenous")
+
+
 class DataSpec(_Strict):
-    """Where a model's training data comes from and which columns play which role."""
+    """Where a model's training data comes from and which columns play which role. A spec
+    that reads an uploaded dataset (``source: {dataset: NAME}``) takes every role it does
+    not name from the dataset (`ModelSpec.with_dataset_roles`)."""
 
     source: dict[str, Any] = Field(
-        description="Allow-listed source: {builtin: NAME, ...params} or {path: FILE.csv|FILE.parquet}"
+        description="Allow-listed source: {dataset: NAME} (an uploaded dataset), {builtin: NAME, ...params}, "
+        "{path: FILE.csv|FILE.parquet} or {sql: QUERY}"
     )
     keys: list[str] = Field(default_factory=list, description="Series key columns; top level first")
-    time: str = Field(description="Time column")
-    targets: list[str] = Field(min_length=1, description="Target columns")
+    time: str | None = Field(default=None, description="Time column (default for a dataset source: the dataset's)")
+    targets: list[str] | None = Field(
+        default=None, min_length=1, description="Target columns (default for a dataset source: the dataset's)"
+    )
     exogenous: list[str] = Field(default_factory=list, description="Exogenous columns")
+
+    @property
+    def dataset(self) -> str | None:
+        """The uploaded dataset this spec reads, if any."""
+        name = self.source.get("dataset")
+        return name if isinstance(name, str) else None
+
+    @property
+    def inherited_roles(self) -> list[str]:
+        """The roles this spec leaves to its dataset (empty for other sources)."""
+        if self.dataset is None:
+            return []
+        return [f for f in ROLE_FIELDS if f not in self.model_fields_set or getattr(self, f) is None]
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> DataSpec:
-        columns = [*self.keys, self.time, *self.targets, *self.exogenous]
+        if self.dataset is None:
+            missing = [f for f in ("time", "targets") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"data.{' and data.'.join(missing)} required: only a spec that reads an uploaded dataset "
+                    "({dataset: NAME}) takes its columns from it"
+                )
+        columns = [*self.keys, *([self.time] if self.time else []), *(self.targets or []), *self.exogenous]
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
         if duplicated:
             raise ValueError(f"columns used in more than one role: {duplicated}")
@@ -206,11 +250,28 @@ class ModelSpec(_Strict):
         default=None, description="pandas period frequency (M, Q, D, h, ...); none = integer index"
     )
     horizon: int = Field(default=12, ge=1, description="default forecast horizon in steps")
-    forecaster: dict[str, Any]
+    forecaster: dict[str, Any] = Field(
+        description="{class, params}: a class of the allow-list (GET /v1/forecasters) and its parameters; "
+        "nested estimators are {class, params} objects too",
+        examples=[{"class": "ThetaForecaster", "params": {"sp": 12}}],
+    )
     coverage: list[float] = Field(default_factory=list, description="interval coverages served precomputed")
     quantiles: list[float] = Field(default_factory=list, description="quantile levels served precomputed")
     schedule: str | None = Field(default=None, description="cron expression for scheduled retrains")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    keep_versions: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="retention: after each publish keep the newest N versions; older ones are deleted "
+        "unless an alias points at them (none: keep every version)",
+    )
+    observations: Literal["auto", "state", "refit", "none"] = Field(
+        default="auto",
+        description="how a version takes new actuals sent with a predict: state (fixed parameters, new "
+        "data), refit (refit on a private copy), none (refused); auto: probed at publish, state if it moves "
+        "the forecast, else refit if it moves it within the refit budget, else none",
+    )
 
     @field_validator("freq")
     @classmethod
@@ -249,6 +310,8 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_matches_keys(self) -> ModelSpec:
+        if "keys" in self.data.inherited_roles:  # checked once the dataset's roles are in
+            return self
         if self.kind is None:
             self.kind = "panel" if self.data.keys else "single"
         if self.kind == "single" and self.data.keys:
@@ -259,11 +322,43 @@ class ModelSpec(_Strict):
             raise ValueError("hierarchical models do not take exogenous columns")
         return self
 
+    @property
+    def declares_roles(self) -> bool:
+        """Whether the spec names its time and target columns itself: it can then describe a
+        table before its dataset exists (key and exogenous columns it leaves out are none
+        until the dataset's roles fill them in)."""
+        return self.data.time is not None and self.data.targets is not None
+
+    @property
+    def inherited_settings(self) -> list[str]:
+        """Besides the column roles: ``freq`` when a dataset spec leaves it to the dataset."""
+        return ["freq"] if self.data.dataset is not None and "freq" not in self.model_fields_set else []
+
+    def with_dataset_roles(self, roles: Any) -> ModelSpec:
+        """This spec with the column roles (and ``freq``) it leaves out taken from its
+        dataset's ``roles`` (`service.datasets.store.Roles`); what it names wins."""
+        if not self.data.inherited_roles and not self.inherited_settings:
+            return self
+        raw = self.model_dump(exclude_unset=True)
+        data = raw.setdefault("data", {})
+        for role in self.data.inherited_roles:
+            value = getattr(roles, role)
+            data[role] = list(value) if isinstance(value, tuple) else value
+        if "freq" in self.inherited_settings:
+            raw["freq"] = roles.freq
+        return parse_model_spec(raw, origin=f"spec with the roles of dataset '{self.data.dataset}'")
+
     def table_schema(self) -> Schema:
         """The table schema this spec's data has (column roles, kind, frequency)."""
-        assert self.kind is not None
+        if not self.declares_roles:
+            raise SpecError(
+                f"the spec leaves {', '.join(self.data.inherited_roles)} to dataset "
+                f"'{self.data.dataset}', which has not been uploaded: upload it, or name them in the spec",
+                field="data",
+            )
+        assert self.data.time is not None and self.data.targets is not None
         return Schema(
-            kind=self.kind,
+            kind=self.kind or ("panel" if self.data.keys else "single"),
             keys=tuple(self.data.keys),
             time=self.data.time,
             targets=tuple(self.data.targets),
@@ -301,17 +396,141 @@ def load_model_spec(path: Path) -> ModelSpec:
         raise SpecFileInvalid.about(origin, exc.detail) from None
 
 
-def read_spec(registry: Registry, name: str) -> ModelSpec | None:
+def read_spec(registry: Registry, name: str, datasets: DatasetStore | None = None) -> ModelSpec | None:
     """A model's validated spec from the registry (None: it has none); an invalid file on
-    disk is a `SpecFileInvalid` (409) naming it."""
+    disk is a `SpecFileInvalid` (409) naming it. With ``datasets``, the roles a dataset
+    spec leaves out are taken from its dataset (left out while it is not uploaded)."""
     raw = registry.read_spec_raw(name)
     if raw is None:
         return None
     origin = f"{name}/{SPEC_FILE}"
     try:
-        return parse_model_spec(raw, origin=origin)
+        spec = parse_model_spec(raw, origin=origin)
     except SpecError as exc:
         raise SpecFileInvalid.about(origin, exc.detail) from None
+    if datasets is None or spec.data.dataset is None or (not spec.data.inherited_roles and not spec.inherited_settings):
+        return spec
+    try:
+        roles = datasets.roles(spec.data.dataset)
+    except (NotFound, InvalidName):
+        return spec
+    return spec.with_dataset_roles(roles)
+
+
+# ----------------------------------------------------------------------------- checks against the data
+MIN_HISTORY_HORIZONS = 2
+"""A series needs this many horizons of history: the promotion gate holds the last horizon out."""
+
+
+def check_against_dataset(spec: ModelSpec, datasets: DatasetStore) -> tuple[ModelSpec, dict[str, Any]]:
+    """Check a spec that reads an uploaded dataset against it (its columns exist, ``freq``
+    matches, every series has enough history for the horizon); returns the spec with the
+    dataset's roles filled in, and what was checked. A failed check is a `SpecError` (422)."""
+    name = spec.data.dataset
+    if name is None:
+        return spec, {"checked": False, "reason": "the source is not an uploaded dataset: it is read at training"}
+    try:
+        doc = datasets.describe(name)
+    except (NotFound, InvalidName):
+        if not spec.declares_roles:
+            raise SpecError(
+                f"dataset '{name}' does not exist, and the spec leaves {', '.join(spec.data.inherited_roles)} to "
+                "it: upload the dataset first, or name the columns (data.time, data.targets, ...) in the spec",
+                field="data.source",
+                dataset=name,
+            ) from None
+        return spec, {"checked": False, "dataset": name, "reason": f"dataset '{name}' is not uploaded yet"}
+    roles = Roles.from_dict(doc["roles"])
+    version = spec.data.source.get("version") or doc["latest"]
+    entry = next((v for v in doc["versions"] if v["version"] == version), None)
+    if entry is None:
+        raise SpecError(f"dataset '{name}' has no version {str(version)[:40]!r}", field="data.source", dataset=name)
+    resolved = spec.with_dataset_roles(roles)
+    columns = list(entry.get("columns") or roles.schema().columns)
+    for role in ROLE_FIELDS:
+        value = getattr(resolved.data, role)
+        named = [value] if isinstance(value, str) else list(value or [])
+        missing = [c for c in named if c not in columns]
+        if missing:
+            raise SpecError(
+                f"dataset '{name}' has no column {', '.join(map(repr, missing))} (data.{role}); "
+                f"its columns are {columns}",
+                field=f"data.{role}",
+                missing=missing,
+                columns=columns,
+            )
+    dropped = [k for k in roles.keys if k not in resolved.data.keys]
+    if dropped:
+        raise SpecError(
+            f"dataset '{name}' is keyed by {list(roles.keys)}; data.keys leaves out {dropped}, so its series "
+            "would mix: keep every key column (or leave data.keys out to take the dataset's)",
+            field="data.keys",
+            missing=dropped,
+        )
+    if resolved.freq != roles.freq:
+        raise SpecError(
+            f"freq {resolved.freq or 'none (integer steps)'} does not match dataset '{name}', whose freq is "
+            f"{roles.freq or 'none (integer steps)'}: leave freq out to take the dataset's",
+            field="freq",
+            freq=resolved.freq,
+            dataset_freq=roles.freq,
+        )
+    keys = list(resolved.data.keys)
+    if keys:  # per-series lengths: the table itself (read off the event loop by the caller)
+        table, _, _ = datasets.read(name, version)
+        lengths = table.groupby(keys, sort=True).size()
+    else:
+        lengths = pd.Series([int(entry.get("rows") or 0)])
+    shortest = int(lengths.min()) if len(lengths) else 0
+    needed = MIN_HISTORY_HORIZONS * resolved.horizon
+    if shortest < needed:
+        which = "" if not keys else f" (series {'/'.join(map(str, _as_tuple(lengths.idxmin())))})"
+        raise SpecError(
+            f"horizon {resolved.horizon} needs at least {needed} observations per series ({MIN_HISTORY_HORIZONS} "
+            f"horizons: the promotion gate holds the last one out); the shortest series of dataset '{name}'"
+            f"{which} has {shortest}: lower the horizon or upload more history",
+            field="horizon",
+            shortest_history=shortest,
+            required_history=needed,
+        )
+    return resolved, {
+        "checked": True,
+        "dataset": name,
+        "version": version,
+        "roles": {r: getattr(resolved.data, r) for r in ROLE_FIELDS},
+        "from_dataset": resolved_from(spec),
+        "freq": resolved.freq,
+        "kind": resolved.kind,
+        "series": len(lengths),
+        "shortest_history": shortest,
+        "required_history": needed,
+        "warnings": capability_warnings(resolved),
+    }
+
+
+def resolved_from(spec: ModelSpec) -> list[str]:
+    """What a dataset spec takes from its dataset: data.keys, data.time, ..., freq."""
+    return [f"data.{r}" for r in spec.data.inherited_roles] + spec.inherited_settings
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def capability_warnings(spec: ModelSpec) -> list[str]:
+    """What the forecaster's sktime tags say it cannot serve of what the spec asks for."""
+    wanted = [w for w, levels in (("coverage", spec.coverage), ("quantiles", spec.quantiles)) if levels]
+    if not wanted:
+        return []
+    estimator = spec.build_forecaster()
+    get_tag = getattr(estimator, "get_tag", None)
+    if get_tag is None or get_tag("capability:pred_int", False):
+        return []
+    return [
+        f"the spec asks for {' and '.join(wanted)}, but {type(estimator).__name__} gives no prediction intervals "
+        "(sktime tag capability:pred_int is False): a version would serve point forecasts only, and a retrain "
+        "does not promote it (wrap it, e.g. in ConformalIntervals)"
+    ]
 
 
 def write_spec(registry: Registry, name: str, raw: Mapping[str, Any]) -> ModelSpec:

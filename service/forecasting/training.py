@@ -16,7 +16,7 @@ from service.datasets.sources import read_source
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.chunked_fit import fit_in_chunks
 from service.forecasting.progress import Cancelled, FitProgress, Progress
-from service.forecasting.publishing import PublishRequest, publish_version
+from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.specs import ModelSpec, read_spec
 from service.observability import quiet_sktime_warnings
 from service.processes import on_dask_worker, seceded
@@ -115,10 +115,12 @@ def train_and_publish(
             source=spec.data.source,
             job_id=job_id,
             fit_seconds=round(result.fit_seconds, 4),
+            observations=spec.observations,
         ),
     )
     if promote:
         registry.set_alias(name, "production", version)
+    keep_newest(registry, name, spec.keep_versions)
     return version
 
 

@@ -75,7 +75,7 @@ def retrain(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda stage, done, total: None)
-    spec = read_spec(registry, name)
+    spec = read_spec(registry, name, datasets)  # a dataset spec: the roles it leaves out from the dataset
     if spec is None:
         raise InvalidInput(f"model '{name}' has no spec to retrain from", model=name)
     schema = spec.table_schema()
@@ -143,6 +143,7 @@ def retrain(
             dataset_version=f"{data_ref['dataset']}@{data_ref['version']}",
             job_id=job_id,
             fit_seconds=round(fit_seconds, 4),
+            observations=spec.observations,
             metrics={"gate": scores, "headline": {metric: scores["candidate"]}},
         ),
     )
@@ -154,8 +155,22 @@ def retrain(
         and "production_error" in scores
     ):
         promote, reason = True, f"production could not be backtested ({scores['production_error']}); candidate promoted"
+    missing = missing_capabilities(spec.coverage, spec.quantiles, registry.read_manifest(name, version))
+    if missing and promote:
+        asked = "; ".join(f"{what} {m['asked']}: {m['reason']}" for what, m in missing.items())
+        if policy == "always":
+            reason = f"{reason}; promoted although v{version} cannot serve what the spec asks for ({asked})"
+        else:
+            promote, reason = False, f"v{version} cannot serve what the spec asks for ({asked}); not promoted"
     if promote:
         registry.set_alias(name, "production", version)
+    deleted: list[int] = []
+    retention_error = None
+    if spec.keep_versions:
+        try:
+            deleted = registry.prune_versions(name, spec.keep_versions)
+        except ServiceError as exc:  # published and decided: retention waits for the next publish
+            retention_error = exc.detail[:500]
     say("publishing", 1, 1)
     return {
         "model": name,
@@ -167,6 +182,22 @@ def retrain(
         "promoted": promote,
         "decision": "promoted" if promote else "not promoted",
         "reason": reason,
+        "capabilities_missing": missing,
+        "deleted_versions": deleted,
+        **({"retention_error": retention_error} if retention_error else {}),
         "fit_seconds": fit_seconds,
         "series": n_series,
     }
+
+
+def missing_capabilities(
+    coverage: list[float], quantiles: list[float], manifest: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """What the spec asks for (coverages, quantiles) that the published version cannot serve, and why."""
+    capabilities = manifest.get("capabilities") or {}
+    missing = {}
+    for what, levels, capability in (("coverage", coverage, "pred_int"), ("quantiles", quantiles, "quantiles")):
+        found = capabilities.get(capability) or {}
+        if levels and not found.get("available"):
+            missing[what] = {"asked": list(levels), "reason": found.get("reason") or f"{capability} unavailable"}
+    return missing

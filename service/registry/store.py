@@ -10,7 +10,9 @@ Layout (a public contract, documented in the README)::
     <root>/<name>/aliases.json               {"production": 3, ...}
 
 A version is written under ``versions/.staging-*`` and renamed into place only when
-complete and fsync'd, so a reader never sees half a version.
+complete and fsync'd, so a reader never sees half a version. A deleted version's folder
+is renamed to ``versions/.deleting-*`` and removed; ``versions/<n>/.deleted`` stays behind
+so that number is never given out again.
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 from filelock import FileLock
 
@@ -44,6 +45,7 @@ from service.documents import load_document
 from service.errors import (
     AliasesUnreadable,
     AliasNotFound,
+    Conflict,
     IntegrityError,
     InvalidName,
     ModelNotFound,
@@ -53,7 +55,9 @@ from service.errors import (
     VersionNotFound,
 )
 from service.fileio import atomic_write, fsync_dir, fsync_write, sha256_bytes
-from service.tables import Schema, read_parquet
+
+if TYPE_CHECKING:  # pandas and the table helpers are imported by the readers that need them:
+    import pandas as pd  # listing the registry (`forecast-service models list`) imports neither
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,13 @@ SPEC_FILE = "model.yaml"
 ALIASES = "aliases.json"
 ALIAS_SIGNATURE = "_signature"  # a key no alias can have (aliases start with a letter)
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
+TOMBSTONE = ".deleted"  # in an emptied versions/<n>/: the number stays taken
 MANIFEST_FORMAT = 1
 LIBRARIES = ("sktime", "scikit-learn", "xgboost", "lightgbm", "statsmodels", "pandas", "numpy", "scipy", "pyarrow")
+# other distributions of the same import package, same versions: xgboost-cpu is what we install
+# (the `xgboost` wheel bundles CUDA and, through nvidia-nccl-cu12, ~700 MB a CPU server never uses)
+LIBRARY_BUILDS = {"xgboost": ("xgboost-cpu", "xgboost-cu12", "xgboost-cu13")}
 
 
 def validate_name(name: Any, what: str = "model") -> str:
@@ -93,12 +102,16 @@ def validate_alias(alias: Any) -> str:
 
 
 def library_versions() -> dict[str, str | None]:
+    """Installed versions by library, whichever of its builds is installed (`LIBRARY_BUILDS`)."""
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
-        try:
-            found[name] = dist_version(name)
-        except PackageNotFoundError:
-            found[name] = None
+        found[name] = None
+        for distribution in (name, *LIBRARY_BUILDS.get(name, ())):
+            try:
+                found[name] = dist_version(distribution)
+                break
+            except PackageNotFoundError:
+                continue
     return found
 
 
@@ -355,6 +368,50 @@ class Registry:
         finally:
             owner.close()
 
+    # ------------------------------------------------------------------ delete, retention
+    def delete_version(self, name: str, version: int) -> None:
+        """Delete a version no alias points at (`Conflict` if one does). Under the model's
+        lock the directory is renamed away (readers stop seeing it at once) and a tombstone
+        keeps its number, so no later version reuses it; then the files are removed."""
+        self.require_model(name)
+        with self._model_lock(name):
+            self._delete_locked(name, int(version))
+
+    def prune_versions(self, name: str, keep: int) -> list[int]:
+        """Retention: delete the versions older than the newest ``keep`` that no alias points
+        at; returns the deleted numbers."""
+        deleted = []
+        with self._model_lock(name):
+            versions = self.list_versions(name)
+            pinned = set(self.read_aliases(name).values())
+            for version in versions[: max(len(versions) - int(keep), 0)]:
+                if version not in pinned:
+                    self._delete_locked(name, version)
+                    deleted.append(version)
+        if deleted:
+            log.info("retention of %s (keep %d): deleted versions %s", name, keep, deleted)
+        return deleted
+
+    def _delete_locked(self, name: str, version: int) -> None:
+        if version not in self.list_versions(name):
+            raise VersionNotFound(f"model '{name}' has no version {version}", model=name, version=version)
+        pointing = sorted(a for a, v in self.read_aliases(name).items() if v == version)
+        if pointing:
+            raise Conflict(
+                f"{name} v{version} is what alias(es) {', '.join(pointing)} point at: move them first",
+                model=name,
+                version=version,
+                aliases=pointing,
+            )
+        directory = self.version_dir(name, version)
+        doomed = directory.with_name(f"{DELETING_PREFIX}{version}-{uuid.uuid4().hex}")
+        os.rename(directory, doomed)
+        directory.mkdir()
+        fsync_write(directory / TOMBSTONE, b"")  # keeps the number: never reused
+        fsync_dir(directory.parent)
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("deleted %s v%d", name, version)
+
     @staticmethod
     def _reserved_numbers(versions_dir: Path) -> list[int]:
         """Integer dirs without a manifest (hand-made or damaged): never reuse their number."""
@@ -369,6 +426,10 @@ class Registry:
             if not versions_dir.is_dir():
                 continue
             for entry in versions_dir.iterdir():
+                if entry.name.startswith(DELETING_PREFIX) and entry.is_dir():  # a delete that died midway
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+                    continue
                 if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not _owner_alive(entry):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
@@ -409,12 +470,16 @@ class Registry:
 
     def read_training(self, name: str, version: int, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
         manifest = manifest or self.verified_manifest(name, version)
+        from service.tables import Schema, read_parquet
+
         data = self._read_verified(name, version, TRAINING, manifest)
         return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
 
     def read_precomputed(self, name: str, version: int, manifest: Mapping[str, Any]) -> pd.DataFrame | None:
         if not manifest.get("precomputed", {}).get("file"):
             return None
+        from service.tables import Schema, read_parquet
+
         data = self._read_verified(name, version, FORECAST, manifest)
         return read_parquet(io.BytesIO(data), Schema.from_dict(manifest["schema"]))
 

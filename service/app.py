@@ -9,11 +9,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service import __version__
-from service.api import problems
+from service.api import openapi, problems
+from service.api.compression import GzipLargeAnswers
 from service.api.limits import BodyLimits
-from service.api.routes import backtests, datasets, health, jobs, models, predict
+from service.api.routes import backtests, datasets, forecasters, health, jobs, models, predict
 from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
@@ -84,15 +86,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.executor.shutdown(wait=False, cancel_futures=True)
             runtime.ingest.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    # the docs' Swagger UI and ReDoc assets are served by the app itself (fastapi-offline), no CDN
+    app = FastAPIOffline(
         title="forecast-service",
         version=__version__,
         description="Serve sktime forecasters from a versioned model registry: single, panel and "
         "hierarchical forecasts, intervals and quantiles, hot-reloaded versions.",
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,  # stable ids: listModels, predict, ...
+        swagger_ui_parameters={"validatorUrl": None},  # no call to the public validator either
     )
     app.state.runtime = runtime
     problems.install(app)
+    openapi.install(app)
     app.add_middleware(
         PredictFastLane,
         responses=runtime.responses,
@@ -102,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, pause_seconds=settings.body_timeout)
+    app.add_middleware(GzipLargeAnswers)  # outside the fast lane: its cached answers are compressed too
     app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)
     app.include_router(predict.router)  # first: the hot route is matched first
     app.include_router(health.router)
@@ -109,4 +116,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(backtests.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(forecasters.router)
     return app

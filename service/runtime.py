@@ -57,11 +57,18 @@ class Runtime:
         metrics = Metrics()
         jobs = JobStore(settings.resolved_jobs_url)
         context = worker_context(settings, registry)
+        responses = ResponseCache(settings.response_cache_bytes)
+        metrics.watch_responses(lambda: responses.size, lambda: len(responses))
         return cls(
             settings=settings,
             registry=registry,
-            cache=ModelCache(registry, extra_versions=settings.version_cache_size, on_load=metrics.model_loaded),
-            responses=ResponseCache(settings.response_cache_bytes),
+            cache=ModelCache(
+                registry,
+                extra_versions=settings.version_cache_size,
+                on_load=metrics.model_loaded,
+                on_forget=responses.forget,
+            ),
+            responses=responses,
             executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
             ingest=ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest"),
             ingest_slots=threading.BoundedSemaphore(cls.INGEST_QUEUE_FACTOR * settings.ingest_threads),
@@ -72,6 +79,7 @@ class Runtime:
                 context,
                 max_concurrent=settings.max_concurrent_jobs,
                 stale_after=settings.job_stale_seconds,
+                retention_days=settings.job_retention_days,
             ),
             datasets=DatasetStore(settings.data_dir),
             keys=KeyRing.load(

@@ -6,6 +6,7 @@ import errno
 import logging
 from typing import Any
 
+import fastapi.routing
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,40 +20,72 @@ from service.tables import encode_json
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-_PROBLEM_SCHEMA = {
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem: every 4xx and 5xx answer of the service (media type "
+    "application/problem+json). Members besides the four required ones help to fix the request.",
     "type": "object",
     "required": ["type", "title", "status", "detail"],
     "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
+        "type": {
+            "type": "string",
+            "description": "A URI reference naming the kind of problem",
+            "examples": ["/problems/not-found"],
+        },
+        "title": {"type": "string", "description": "Short summary of the kind of problem", "examples": ["Not found"]},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599, "description": "The HTTP status code"},
+        "detail": {"type": "string", "description": "What went wrong with this request, and what to change"},
+        "field": {"type": "string", "description": "The request field, parameter or header at fault"},
+        "errors": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "Every validation issue (422): each with its field and message",
+        },
+        "retry_after": {
+            "type": "integer",
+            "description": "Seconds to wait before retrying (also the Retry-After header)",
+        },
     },
     "additionalProperties": True,
 }
+"""The `Problem` component of the OpenAPI document (`service.api.openapi` adds it)."""
+
+PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "The body is not JSON where JSON is required (malformed, not UTF-8, or another Content-Type)",
+    401: "Missing or invalid API key",
+    403: "The key's role may not do this (an admin key is needed)",
+    404: "Unknown model, version, alias, series, job or dataset",
+    408: "The request body paused longer than FORECAST_BODY_TIMEOUT",
+    409: "Conflict with the current state (a version that cannot load, an unreadable spec, a job's state)",
+    413: "Body over the size limit (FORECAST_MAX_BODY_BYTES)",
+    422: "Invalid request: the detail names the field",
+    429: "Too many queued or running jobs for this key (Retry-After)",
+    500: "The server failed; the error is logged with the request's id",
+    503: "Not ready, storage not readable or writable, or a live forecast over its time limit (Retry-After)",
+    507: "The disk is full; nothing was stored",
+}
+"""Every status a problem answer can have, with what it means in this service. Which of them
+an operation documents is decided in `service.api.openapi` from what the operation takes."""
 
 
-def _problem_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}}
+def problem_response(status: int, description: str | None = None) -> dict[str, Any]:
+    """An OpenAPI response object: problem+json with the shared `Problem` schema."""
+    return {
+        "description": description or PROBLEM_DESCRIPTIONS[status],
+        "content": {PROBLEM_JSON: {"schema": dict(PROBLEM_REF)}},
+    }
 
 
-# every protected router documents these (RFC 9457 problem+json); 422 replaces FastAPI's default
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
-"""An operation's own problem response in OpenAPI (description from the shared table)."""
+PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {"schema": PROBLEM_REF}}}
+"""An operation's own problem response: ``responses={409: PROBLEM}`` documents that status for
+that operation (description from `PROBLEM_DESCRIPTIONS` unless given)."""
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _problem_response("A body that cannot be parsed at all (not UTF-8, not JSON)"),
-    401: _problem_response("Missing or invalid API key"),
-    403: _problem_response("The key's role may not do this"),
-    404: _problem_response("Unknown model, version, alias, series, job or dataset"),
-    408: _problem_response("The request body paused longer than FORECAST_BODY_TIMEOUT"),
-    409: _problem_response("Conflict with the current state (a version that cannot load, a finished job)"),
-    413: _problem_response("Body over the size limit"),
-    429: _problem_response("Too many queued or running jobs for this key (Retry-After)"),
-    422: _problem_response("Invalid request: the detail names the field"),
-    503: _problem_response("Not ready, storage not writable, or a live forecast over its time limit (Retry-After)"),
-    507: _problem_response("The disk is full; nothing was stored"),
+    status: problem_response(status) for status in PROBLEM_DESCRIPTIONS
 }
+"""What a router passes as ``responses=``: the problem statuses its operations may document;
+`service.api.openapi` keeps, per operation, only those that operation can answer."""
 
 # most specific first: the first matching class wins
 STATUS_BY_ERROR: list[tuple[type[errors.ServiceError], int]] = [
@@ -150,8 +183,37 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
+def _not_json(request: Request, exc: RequestValidationError) -> Response | None:
+    """A 400 for a body that is not JSON where the operation takes JSON: malformed JSON, or a
+    body FastAPI left as bytes because its Content-Type is not JSON. None for JSON bodies
+    whose content is invalid (they stay 422, each issue naming its field)."""
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            position = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), None)
+            reason = (err.get("ctx") or {}).get("error") or err.get("msg", "JSON decode error")
+            where = f" at character {position}" if position is not None else ""
+            return problem(
+                400,
+                "Malformed JSON",
+                f"the request body is not valid JSON ({reason}{where}): send one JSON object",
+                field="body",
+            )
+    if isinstance(exc.body, bytes | bytearray) and exc.body:
+        sent = request.headers.get("content-type") or "none"
+        return problem(
+            400,
+            "Unsupported body",
+            f"this operation takes a JSON body: send it with Content-Type: application/json (got {sent[:100]})",
+            field="Content-Type",
+        )
+    return None
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    not_json = _not_json(request, exc)
+    if not_json is not None:
+        return not_json
     issues = [
         {"field": _location(tuple(err.get("loc", ()))), "message": err.get("msg", "invalid")} for err in exc.errors()
     ]
@@ -169,19 +231,35 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         413: "Payload too large",
     }
     headers = dict(exc.headers) if exc.headers else {}
+    detail = str(exc.detail)
+    if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's, for a JSON body
+        detail = "the request body cannot be read as JSON (it is not UTF-8 text): send one UTF-8 JSON object"
+        return problem(400, "Malformed JSON", detail, field="body")
     if exc.status_code == 405:
         # Starlette names only the first route that matched the path; list every method
-        headers["Allow"] = ", ".join(_allowed_methods(request))
-    return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), str(exc.detail), headers=headers or None)
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method[:16]} is not allowed on this path; use {' or '.join(allowed)}"
+        return problem(405, titles[405], detail, headers=headers, allowed=allowed)
+    return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), detail, headers=headers or None)
 
 
 def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (the routes of included routers too)."""
     methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
+    scope = {**request.scope, "method": "GET"}
+    for route in iter_routes(request.app.routes):
+        match, _ = route.matches(scope)
         if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+            methods |= set(getattr(route, "methods", None) or ("GET", "HEAD"))
     return sorted(methods)
+
+
+def iter_routes(routes: Any) -> list[Any]:
+    """The app's routes with included routers opened up (FastAPI >= 0.160 keeps them nested:
+    each is then a route context carrying the router's prefix, dependencies and responses)."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(iterate(routes)) if iterate is not None else list(routes)
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}

@@ -18,6 +18,7 @@ import time
 from typing import Any, Protocol
 
 from service.jobs.context import WorkerContext
+from service.jobs.retention import purge_expired
 from service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class JobRunner:
         max_concurrent: int = 2,
         stale_after: float = 30.0,
         poll_interval: float = 0.5,
+        retention_days: float = 0.0,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -73,6 +75,8 @@ class JobRunner:
         self.max_concurrent = max_concurrent
         self.stale_after = stale_after
         self.poll_interval = poll_interval
+        self.retention_days = retention_days  # finished jobs older than this are deleted (0: never)
+        self._last_purge: float | None = None
         self.handles: dict[str, JobHandle] = {}
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
@@ -109,6 +113,17 @@ class JobRunner:
                 self._last_stale_check = time.monotonic()
                 self.recover()
             self._claim()
+        self._purge()
+
+    PURGE_EVERY: float = 3600.0  # seconds between retention passes (and one at start)
+
+    def _purge(self) -> None:
+        if self.retention_days <= 0:
+            return
+        if self._last_purge is not None and time.monotonic() - self._last_purge < self.PURGE_EVERY:
+            return
+        self._last_purge = time.monotonic()
+        purge_expired(self.store, self.context.data_dir, self.retention_days)
 
     def _reap(self) -> None:
         for job_id, handle in list(self.handles.items()):

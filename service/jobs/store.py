@@ -198,6 +198,18 @@ def make_engine(url: str) -> Engine:
 
 
 JobIds = list[str]  # named outside JobStore, whose list() method shadows the builtin there
+Jobs = list[Job]
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """A `JobStore.page` cursor back to (created_at, id); InvalidInput for anything else."""
+    created, _, job_id = cursor.partition("|")
+    try:
+        return datetime.fromisoformat(created), job_id
+    except ValueError:
+        raise InvalidInput(
+            "page_token is not one this server gave out: start again without it", field="page_token"
+        ) from None
 
 
 class JobStore:
@@ -346,7 +358,29 @@ class JobStore:
         status: str | None = None,
         limit: int = 100,
     ) -> list[Job]:
-        query = sa.select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)
+        return self.page(model, kind, status, limit)[0]
+
+    def page(
+        self,
+        model: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> tuple[Jobs, str | None]:
+        """Up to ``limit`` jobs, newest first (by creation time, then id), after the cursor
+        ``after`` that a previous page returned; and the cursor of the next page (None at
+        the end). A keyset, not an offset: jobs created or deleted between pages never make
+        a later page repeat or skip one."""
+        query = sa.select(jobs_table).order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc()).limit(limit + 1)
+        if after is not None:
+            created, job_id = _parse_cursor(after)
+            query = query.where(
+                sa.or_(
+                    jobs_table.c.created_at < created,
+                    sa.and_(jobs_table.c.created_at == created, jobs_table.c.id < job_id),
+                )
+            )
         if model:
             query = query.where(jobs_table.c.model == model)
         if kind:
@@ -354,7 +388,55 @@ class JobStore:
         if status:
             query = query.where(jobs_table.c.status == status)
         with self.engine.connect() as conn:
-            return [Job.from_row(r) for r in conn.execute(query).mappings()]
+            rows = list(conn.execute(query).mappings())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = f"{rows[-1]['created_at'].isoformat()}|{rows[-1]['id']}" if more and rows else None
+        return [Job.from_row(r) for r in rows], cursor
+
+    # ------------------------------------------------------------------ delete
+    def delete(self, job_id: str) -> Job:
+        """Remove a finished job, with the idempotency keys and the submitter row naming it
+        (a key may then start a new job). A queued or running job is a `Conflict`."""
+        job = self.get(job_id)
+        if not job.finished:
+            raise Conflict(
+                f"job {job_id} is {job.status}: only finished jobs are deleted; cancel it first",
+                job=job_id,
+                job_status=job.status,
+            )
+        if not self._delete([job_id]):
+            self.get(job_id)  # deleted meanwhile: NotFound (a finished job never becomes active again)
+        return job
+
+    def purge_finished(self, older_than: timedelta, batch: int = 500) -> JobIds:
+        """Delete the jobs that finished more than ``older_than`` ago; returns their ids."""
+        limit = now() - older_than
+        query = (
+            sa.select(jobs_table.c.id)
+            .where(jobs_table.c.status.notin_(ACTIVE), jobs_table.c.finished_at < limit)
+            .limit(batch)
+        )
+        purged: JobIds = []
+        while True:
+            with self.engine.connect() as conn:
+                ids = [r[0] for r in conn.execute(query)]
+            if not ids:
+                return purged
+            self._delete(ids)
+            purged += ids
+            if len(ids) < batch:
+                return purged
+
+    def _delete(self, job_ids: JobIds) -> int:
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                jobs_table.delete().where(jobs_table.c.id.in_(job_ids), jobs_table.c.status.notin_(ACTIVE))
+            ).rowcount
+            remaining = sa.select(jobs_table.c.id).where(jobs_table.c.id.in_(job_ids))  # none, but to be sure
+            for table in (keys_table, submitters_table):
+                conn.execute(table.delete().where(table.c.job_id.in_(job_ids), table.c.job_id.notin_(remaining)))
+        return int(gone)
 
     # ------------------------------------------------------------------ transitions
     def _update(self, job_id: str, where: Any, **values: Any) -> bool:

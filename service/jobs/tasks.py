@@ -10,14 +10,11 @@ from service.forecasting.backtest import BacktestRequest, run_backtest
 from service.forecasting.progress import Progress
 from service.forecasting.specs import allow_list
 from service.jobs.context import WorkerContext
+from service.jobs.retention import job_dir
 from service.jobs.retrain import RetrainParams, retrain
 from service.jobs.store import Job
 from service.jobs.submit import backtest_data
 from service.tables import Schema, to_sktime, write_parquet
-
-
-def job_dir(data_dir: str | Path, job_id: str) -> Path:
-    return Path(data_dir) / "jobs" / job_id
 
 
 def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:

@@ -84,3 +84,6 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+    next_page_token: str | None = Field(
+        default=None, description="Send as `page_token` for the next page; null on the last page"
+    )

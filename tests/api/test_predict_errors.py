@@ -224,7 +224,7 @@ BAD_INPUT: list[tuple[str, str, Any, int, tuple[str, ...], str | None]] = [
     ("exogenous-no-rows", "uschange", {"exogenous": {"quarter": [], **{c: [] for c in USCHANGE_EXOG}}}, 422, (), None),
     ("empty-body-needs-exogenous", "uschange", b"", 422, (), None),
     ("empty-object-needs-exogenous", "uschange", {}, 422, USCHANGE_EXOG, "exogenous"),
-    ("body-not-json", "airline", b"{", 422, (), None),
+    ("body-not-json", "airline", b"{", 400, ("JSON",), "body"),  # not JSON at all: 400, not 422
     ("body-array", "airline", b"[]", 422, (), None),
     ("body-null", "airline", b"null", 422, (), None),
     # ---- observations: order, duplicates, continuity

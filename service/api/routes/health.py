@@ -11,6 +11,18 @@ from service.tables import encode_json
 
 router = APIRouter(tags=["health"])
 
+READINESS = {
+    "type": "object",
+    "required": ["status", "models", "problems", "warnings"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not ready"]},
+        "models": {"type": "array", "items": {"type": "string"}},
+        "problems": {"type": "object", "additionalProperties": {"type": "string"}},
+        "warnings": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+    },
+}
+"""The readiness report (200 and 503 alike: a 503 here is a report, not a problem)."""
+
 
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
@@ -21,7 +33,13 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     summary="Readiness: registry scanned and every production version loaded",
     description="Open (no key): reasons are short categories; details are in `GET /v1/models/{name}`.",
-    responses={503: {"description": "Not ready yet, with the reason per model"}},
+    responses={
+        200: {"content": {"application/json": {"schema": READINESS}}},
+        503: {
+            "description": "Not ready yet, with the reason per model",
+            "content": {"application/json": {"schema": READINESS}},
+        },
+    },
 )
 async def readyz(cache: CacheDep, runtime: RuntimeDep) -> Response:
     report = cache.readiness()

@@ -58,9 +58,12 @@ print("\n".join(project["dependencies"] + [r for e in extras for r in project["o
     && cat /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip check \
-    && pip uninstall -y nvidia-nccl-cu12
-# (nvidia-nccl-cu12, ~480 MB, is xgboost's multi-GPU communication library: xgboost opens it
-# only when training on several GPUs, never in this CPU-only image.)
+    && python -c 'import sys; from importlib.metadata import distributions; \
+cuda = sorted({d.metadata["Name"] for d in distributions() if d.metadata["Name"].lower().startswith("nvidia-")}); \
+cuda and sys.exit(f"CUDA libraries in a CPU image: {cuda} (pyproject.toml installs xgboost-cpu)")'
+# (pyproject.toml asks for xgboost-cpu: the `xgboost` wheel bundles CUDA, 210 MB, and pulls
+# nvidia-nccl-cu12, 470 MB, that a CPU-only image never opens. The check fails the build if a
+# dependency brings any NVIDIA library back.)
 
 # The service itself (a wheel built in an isolated environment), no dependencies; then
 # drop what only installing needed.

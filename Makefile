@@ -10,11 +10,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# A venv made before pyproject.toml moved to xgboost-cpu has the CUDA build (and NVIDIA NCCL,
+# 470 MB): both builds own site-packages/xgboost, so the old one goes before the new one comes.
+define drop-cuda-xgboost
+	@if $(BIN)/python -m pip show -q xgboost >/dev/null 2>&1; then \
+		echo "replacing the CUDA build of xgboost (and NVIDIA NCCL) with xgboost-cpu"; \
+		$(BIN)/python -m pip uninstall -q -y xgboost xgboost-cpu nvidia-nccl-cu12; \
+	fi
+endef
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(drop-cuda-xgboost)
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(drop-cuda-xgboost)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -79,6 +80,19 @@ class Metrics:
         self.loaded_versions = Gauge(
             "forecast_loaded_versions", "Versions held in memory per model", ["model"], registry=r
         )
+        self.response_cache_bytes = Gauge(
+            "forecast_response_cache_bytes",
+            "Bytes the response cache holds (payloads, keys, overhead); at most FORECAST_RESPONSE_CACHE_BYTES",
+            registry=r,
+        )
+        self.response_cache_entries = Gauge(
+            "forecast_response_cache_entries", "Answers held in the response cache", registry=r
+        )
+
+    def watch_responses(self, size: Callable[[], float], entries: Callable[[], float]) -> None:
+        """Read the response cache's counted bytes and its entries at each scrape."""
+        self.response_cache_bytes.set_function(size)
+        self.response_cache_entries.set_function(entries)
 
     def model_loaded(self, model: str, _version: int, seconds: float, error: str | None) -> None:
         self.load_seconds.labels(model).observe(seconds)

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
         default=8, ge=0, description="Loaded versions kept per model besides those an alias points at"
     )
     response_cache_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="Memory for serialised fast-path answers (LRU, bytes; 0 = off)"
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Memory for serialised fast-path answers, overhead included (LRU, bytes; 0 = off)",
     )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error")
     log_json: bool = Field(default=True, description="Structured JSON log lines (false: plain text)")
@@ -85,6 +87,11 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=2, ge=1, description="Jobs this process runs at once (one process each)")
     job_stale_seconds: float = Field(
         default=30.0, gt=0, description="A running job whose owner has not beaten for this long is failed (interrupted)"
+    )
+    job_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="Finished jobs (row, result and files) are deleted this many days after they finished (0 = kept)",
     )
     max_wait_seconds: float = Field(
         default=60.0, ge=0, description="Longest `?wait=true` a backtest request may block for"

@@ -117,6 +117,7 @@ class ModelCache:
         retry_base: float = 1.0,
         retry_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        on_forget: Callable[[str, int], None] | None = None,
     ) -> None:
         """A load that fails other than on integrity is tried again on the first poll
         ``retry_base`` seconds later, the wait doubling per failure up to ``retry_max``."""
@@ -130,6 +131,7 @@ class ModelCache:
         self._write_lock = threading.RLock()
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self._on_load = on_load or (lambda *_: None)
+        self._on_forget = on_forget or (lambda *_: None)  # a version deleted from the registry
         self.scanned = False
         self._tickets = itertools.count(1)  # strictly increasing: marks and refresh starts
         self._refreshed: dict[str, int] = {}  # model -> ticket of its last completed refresh's start
@@ -339,6 +341,12 @@ class ModelCache:
             self._refreshed[name] = started
             return True
 
+    def forget(self, name: str, version: int) -> None:
+        """A version deleted from the registry: out of memory now (unless an alias still
+        serves it until its new target loads) and its cached answers dropped."""
+        self.refresh_model(name)
+        self._on_forget(name, version)
+
     def is_settled(self, name: str, mark: int) -> bool:
         """Whether a refresh of ``name`` that began after ``mark`` has completed."""
         return self._refreshed.get(name, 0) > mark
@@ -404,7 +412,10 @@ class ModelCache:
                 failures.setdefault(target, LoadFailure(f"v{target} does not exist", kind="missing"))
             if alias in before.serving:  # keep the old one serving
                 serving[alias] = before.serving[alias]
+        gone = set(before.versions) - set(versions)  # deleted (retention, DELETE): out of memory
         with self._write_lock:
+            for version in gone:
+                self._recent.pop((name, version), None)
             keep = set(serving.values()) | {v for (n, v) in list(self._recent) if n == name}
             loaded = {v: s for v, s in loaded.items() if v in keep}
             failures = {
@@ -414,6 +425,8 @@ class ModelCache:
                 **self._models,
                 name: ModelState(name, versions, file_aliases, serving, loaded, failures, aliases_error, aliases_known),
             }
+        for version in sorted(gone):
+            self._on_forget(name, version)
 
     def _read_aliases(
         self, name: str, before: ModelState, versions: tuple[int, ...]

@@ -255,3 +255,25 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_only_with_debug(tmp_pat
     assert "NotADirectoryError" in line and "--debug" in line
     debug = cli("--debug", "publish", "x", str(theta), "--registry", str(not_a_folder))
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "NotADirectoryError" in debug.stderr
+
+
+def test_publish_records_description_and_tags_and_applies_the_specs_retention(tmp_path: Path) -> None:
+    """`--description`/`--tag` land in the manifest; the spec's `keep_versions` deletes the
+    oldest version no alias points at after the publish."""
+    registry = tmp_path / "models"
+    shutil.copytree(DEMO_SPECS / "airline", registry / "airline")
+    spec = registry / "airline" / "model.yaml"
+    spec.write_text(spec.read_text() + "keep_versions: 2\n")
+    artifact = tmp_path / "theta.pkl"
+    joblib.dump(fit(ThetaForecaster(sp=12), AIRLINE.rename("passengers")), artifact)
+    for n in (1, 2, 3, 4):
+        args = ["airline", str(artifact), "--registry", str(registry), "--no-promote"]
+        if n == 1:
+            args = ["airline", str(artifact), "--registry", str(registry)]  # v1 is production
+        published(*args, "--description", f"notebook run {n}", "--tag", "notebook", "--tag", f"run-{n}")
+    store = Registry(registry)
+    assert store.list_versions("airline") == [1, 3, 4]  # the newest 2, and v1: production is never deleted
+    manifest = store.read_manifest("airline", 4)
+    assert manifest["description"] == "notebook run 4" and manifest["tags"] == ["notebook", "run-4"]
+    bad = cli("publish", "airline", str(artifact), "--registry", str(registry), "--tag", "has space")
+    assert "tags" in one_line_error(bad)

@@ -47,9 +47,15 @@ DEFERRED: dict[tuple[str, str], str] = {
     **{
         ("service.cli", target): "start-up cost: `forecast-service models list` must not import sktime or FastAPI"
         for target in (
+            "service.api",
+            "service.api.catalog",
+            "service.api.uploads",
             "service.app",
+            "service.client",
+            "service.datasets.store",
             "service.forecasting.backtest",
             "service.forecasting.publishing",
+            "service.forecasting.served",
             "service.forecasting.training",
             "service.jobs.executors.local",
             "service.jobs.runner",
@@ -58,12 +64,14 @@ DEFERRED: dict[tuple[str, str], str] = {
             "service.observability",
             "service.registry.store",
             "service.runtime",
+            "service.schemas.predict",
             "service.serving_protocol",
             "service.settings",
             "service.tables",
         )
     },
     ("service.runtime", "service.jobs.executors.dask"): "the scale extra (dask.distributed) is optional",
+    ("service.registry.store", "service.tables"): "start-up cost: listing the registry must not import pandas",
 }
 
 

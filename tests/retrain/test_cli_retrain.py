@@ -77,9 +77,13 @@ def test_retrain_wait_publishes_promotes_and_jobs_show_it(registry_dir: Path, tm
     filtered = runner.invoke(app, ["jobs", "list", "--registry", str(registry_dir), "--status", "queued"])
     assert filtered.exit_code == 0 and "queued" in filtered.stdout and "succeeded" not in filtered.stdout
 
-    # the id is what `jobs show` takes: the list must print it whole, also at 80 columns / in a pipe
-    assert job["id"] in listed.stdout, f"`jobs list` does not show the whole job id:\n{listed.stdout}"
-    assert pending["id"] in filtered.stdout
+    # the list prints short ids (8 characters), never cut further, also at 80 columns / in a pipe;
+    # `jobs show` takes them (any unique prefix of 4 or more characters)
+    assert job["id"][:8] in listed.stdout, f"`jobs list` does not show the short job id:\n{listed.stdout}"
+    assert pending["id"][:8] in filtered.stdout
+    by_prefix = runner.invoke(app, ["jobs", "show", job["id"][:8], "--registry", str(registry_dir)])
+    assert by_prefix.exit_code == 0, by_prefix.output
+    assert last_json(by_prefix.stdout) == job
 
 
 def test_retrain_of_an_unknown_model_fails_cleanly(registry_dir: Path) -> None:

@@ -6,9 +6,14 @@ new data. So at publish a private copy is updated with two different next actual
 one-step forecasts compared:
 
 - ``state``: fixed parameters, new data (``update_params=False``) moves the forecast;
-- ``refit``: only a refit on the private copy (``update_params=True``) moves it; chosen by
-  ``auto`` only when the probe's refit takes at most `REFIT_BUDGET_SECONDS`;
+- ``refit``: only a refit on the private copy (``update_params=True``) moves it; each
+  request's refit is bounded by the server's live-predict timeout (a 503 past it), and the
+  manifest records the probe's seconds;
 - ``none``: neither; a predict with observations is then refused (422) naming the reason.
+
+The decision depends on the forecasts only, never on timing, so a version gets the same
+mode on a busy machine and on an idle one. The whole default horizon is compared: a
+seasonal naive forecaster's first step does not depend on the newest actual.
 """
 
 from __future__ import annotations
@@ -27,10 +32,6 @@ from service.forecasting.sktime_internals import remembered_x, remembered_y
 from service.tables import Schema
 
 MODES = ("state", "refit", "none")
-REFIT_BUDGET_SECONDS = 30.0
-"""The longest probe refit ``auto`` accepts: the default live-predict timeout, which also
-bounds each request's refit (a 503 past it). A spec that wants no slow refits says
-``observations: none``; the manifest records the probe's seconds."""
 
 
 def _next_rows(frame: pd.DataFrame | pd.Series, steps: int = 1) -> pd.Index:
@@ -63,34 +64,39 @@ def _perturbed(y: pd.DataFrame | pd.Series, factor: float) -> pd.DataFrame | pd.
     return result
 
 
-def _one_step(forecaster: Any, y_new: Any, x_new: Any, x_future: Any, update_params: bool) -> tuple[np.ndarray, float]:
+def _forecast_after(
+    forecaster: Any, y_new: Any, x_new: Any, x_future: Any, steps: int, update_params: bool
+) -> tuple[np.ndarray, float]:
     private = private_copy(forecaster)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         private.update(y_new, X=x_new, update_params=update_params)
-        point = private.predict(fh=[1], X=x_future)
+        point = private.predict(fh=list(range(1, steps + 1)), X=x_future)
     return np.asarray(point, dtype=float).ravel(), time.perf_counter() - started
 
 
-def _try(forecaster: Any, y: Any, x: Any, schema: Schema, update_params: bool) -> dict[str, Any]:
-    """Whether an update with ``update_params`` moves the next forecast, and its cost."""
+def _try(forecaster: Any, y: Any, x: Any, schema: Schema, horizon: int, update_params: bool) -> dict[str, Any]:
+    """Whether an update with ``update_params`` moves the forecast over ``horizon`` steps,
+    and what it cost."""
     x_new = x_future = None
-    rows = probe_exogenous(x, schema, fh_steps=2)
+    rows = probe_exogenous(x, schema, fh_steps=horizon + 1)
     if rows is not None:
         steps = rows.index.get_level_values(-1)
         first = steps == steps.min()
         x_new, x_future = rows[first], rows[~first]
     try:
-        low, seconds_low = _one_step(forecaster, _perturbed(y, -1.0), x_new, x_future, update_params)
-        high, seconds_high = _one_step(forecaster, _perturbed(y, +1.0), x_new, x_future, update_params)
+        low, seconds_low = _forecast_after(forecaster, _perturbed(y, -1.0), x_new, x_future, horizon, update_params)
+        high, seconds_high = _forecast_after(forecaster, _perturbed(y, +1.0), x_new, x_future, horizon, update_params)
     except Exception as exc:  # the adapter refused the update: this mode is not available
         return {"moves": False, "seconds": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
     moves = bool(np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and not np.allclose(low, high))
     return {"moves": moves, "seconds": round(max(seconds_low, seconds_high), 4), "error": None}
 
 
-def probe_observations(forecaster: Any, schema: Schema, choice: str = "auto", series_count: int = 1) -> dict[str, Any]:
+def probe_observations(
+    forecaster: Any, schema: Schema, choice: str = "auto", series_count: int = 1, horizon: int = 12
+) -> dict[str, Any]:
     """The manifest's ``observations`` entry: the mode this version uses for new actuals,
     who chose it, why, and what the probe saw. A spec's explicit ``state``/``refit`` that
     the probe shows to ignore the data is refused (`InvalidInput`), never served silently."""
@@ -106,9 +112,10 @@ def probe_observations(forecaster: Any, schema: Schema, choice: str = "auto", se
         if choice != "auto":
             raise InvalidInput(f"the spec asks for observations: {choice}, but {reason}", field="observations")
         return {"mode": "none", "chosen_by": "probe", "reason": reason, "probe": {}}
-    seen: dict[str, Any] = {"state": _try(probe, y, x, schema, update_params=False)}
+    horizon = max(int(horizon), 1)
+    seen: dict[str, Any] = {"state": _try(probe, y, x, schema, horizon, update_params=False)}
     if choice == "refit" or (choice == "auto" and not seen["state"]["moves"]):
-        seen["refit"] = _try(probe, y, x, schema, update_params=True)
+        seen["refit"] = _try(probe, y, x, schema, horizon, update_params=True)
         if seen["refit"]["seconds"] is not None:
             seen["refit"]["seconds"] = round(seen["refit"]["seconds"] * scale, 4)
     name = type(forecaster).__name__
@@ -122,7 +129,7 @@ def probe_observations(forecaster: Any, schema: Schema, choice: str = "auto", se
         mode, reason = "refit", f"the spec asks for observations: refit ({name} is refitted on a private copy)"
     elif choice != "refit" and seen["state"]["moves"]:
         mode, reason = "state", f"{name} moves its forecast with new actuals at fixed parameters"
-    elif seen.get("refit", {}).get("moves") and (seen["refit"]["seconds"] or 0.0) <= REFIT_BUDGET_SECONDS:
+    elif seen.get("refit", {}).get("moves"):
         mode = "refit"
         reason = (
             f"{name} ignores new actuals at fixed parameters ({_why(seen['state'])}); it is refitted on a "
@@ -135,13 +142,10 @@ def probe_observations(forecaster: Any, schema: Schema, choice: str = "auto", se
             field="observations",
         )
     else:
-        refit = seen.get("refit", {})
-        slow = refit.get("moves") and (refit.get("seconds") or 0.0) > REFIT_BUDGET_SECONDS
         mode = "none"
-        reason = f"{name} ignores new actuals at fixed parameters ({_why(seen['state'])}) and " + (
-            f"a refit takes about {refit['seconds']} s, over the {REFIT_BUDGET_SECONDS:g} s budget"
-            if slow
-            else f"a refit {_why(refit)}"
+        reason = (
+            f"{name} ignores new actuals at fixed parameters ({_why(seen['state'])}) and "
+            f"a refit {_why(seen.get('refit', {}))}"
         )
     return {"mode": mode, "chosen_by": "probe" if choice == "auto" else "spec", "reason": reason, "probe": seen}
 

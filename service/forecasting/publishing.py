@@ -94,7 +94,7 @@ def publish_version(registry: Registry, name: str, forecaster: Any, request: Pub
     training_x = remembered_x(forecaster)
     capabilities = probe_capabilities(forecaster, schema, training_x)
     series_count = len(request.training[list(schema.keys)].drop_duplicates()) if schema.keys else 1
-    observations = probe_observations(forecaster, schema, request.observations, series_count)
+    observations = probe_observations(forecaster, schema, request.observations, series_count, request.horizon)
     coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
     quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
     precomputed = None

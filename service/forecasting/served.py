@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, LimitExceeded, SeriesNotFound
+from service.forecasting.capabilities import one_series
 from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
 from service.tables import (
@@ -162,12 +163,11 @@ class ServedVersion:
         """How this version takes new actuals (the manifest's probe; a version published before
         the probe existed is probed once, on a private copy, when first asked)."""
         found = self._observations
-        if found is None:
-            with self.lock:
-                found = self._observations
-                if found is None:
-                    found = probe_observations(self.forecaster, self.schema, "auto", max(len(self.series), 1))
-                    self._observations = found
+        if found is None:  # probed on a private copy: live predicts on this version go on meanwhile
+            found = probe_observations(
+                self._private_forecaster(), self.schema, "auto", max(len(self.series), 1), self.default_horizon
+            )
+            self._observations = found
         return found
 
     def _series_ids(self) -> list[tuple[str, ...]]:
@@ -373,8 +373,8 @@ class ServedVersion:
         if mode not in ("state", "refit"):
             raise CapabilityUnavailable(
                 f"{self.name} v{self.version} does not take new actuals ('observations'): "
-                f"{entry.get('reason') or 'not supported'}. Retrain to move its cutoff, or choose "
-                "'observations: refit' in the spec",
+                f"{entry.get('reason') or 'not supported'}. Retrain on data with the new actuals to move "
+                "its cutoff",
                 capability="observations",
                 field="observations",
             )
@@ -402,6 +402,14 @@ class ServedVersion:
             raise InvalidInput(
                 f"{self.name} takes exogenous data: 'observations' must bring new times for every series, with "
                 f"their exogenous values (missing {len(unobserved)} series, first {list(unobserved[0])})",
+                field="observations",
+                missing_series=[list(m) for m in unobserved[:20]],
+            )
+        if self._observation_mode() == "refit" and one_series(self.forecaster) is self.forecaster:
+            raise InvalidInput(
+                f"{self.name} is one model over all its series and is refitted with new actuals: 'observations' "
+                f"must bring the same new times for every series (missing {len(unobserved)} series, first "
+                f"{list(unobserved[0])}), or the refit would learn from made-up values",
                 field="observations",
                 missing_series=[list(m) for m in unobserved[:20]],
             )

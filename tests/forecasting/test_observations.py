@@ -89,3 +89,43 @@ def test_a_version_that_takes_no_actuals_refuses_them() -> None:
     observations = pd.DataFrame({"series": ["s0"], "month": ["2018-01-01"], "y": [5.0]})
     with pytest.raises(CapabilityUnavailable, match=r"does not take new actuals.*the spec says observations: none"):
         served.answer(PredictQuery(observations=observations), Limits())
+
+
+def test_the_whole_horizon_is_compared_a_seasonal_naive_moves_from_step_12() -> None:
+    """NaiveForecaster(last, sp=12): step 1 repeats the value of 11 months ago, only step 12
+    is the newest actual. A one-step probe would have called it deaf and refused observations."""
+    found = probe_observations(_fitted(NaiveForecaster(strategy="last", sp=12)), SINGLE, "auto", horizon=12)
+    assert found["mode"] == "state", found
+    short = probe_observations(_fitted(NaiveForecaster(strategy="last", sp=12)), SINGLE, "auto", horizon=1)
+    assert short["mode"] == "none"  # with a 1-step horizon the newest actual indeed changes nothing served
+
+
+def _panel_manifest(mode: str) -> dict[str, object]:
+    return {
+        "schema": SCHEMA.to_dict(),
+        "horizon": 3,
+        "series": {"ids": [["s0"], ["s1"], ["s2"]]},
+        "observations": {"mode": mode, "reason": "test"},
+    }
+
+
+def test_partial_observations_refused_for_a_refitted_global_model() -> None:
+    """One model over all series, refitted: made-up values for the other series would feed the
+    refit, so observations must cover every series. Per-series models may take some."""
+    from sklearn.linear_model import LinearRegression
+    from sktime.forecasting.compose import make_reduction
+
+    from service.tables import to_sktime
+
+    y, _ = to_sktime(small_panel(), SCHEMA)
+    pooled = make_reduction(LinearRegression(), window_length=3, pooling="global")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pooled.fit(y, fh=[1, 2, 3])
+    observations = pd.DataFrame({"series": ["s0"], "month": ["2018-01-01"], "y": [5.0]})
+    served = ServedVersion("pooled", 1, _panel_manifest("refit"), pooled, None)
+    with pytest.raises(InvalidInput, match="one model over all its series"):
+        served.answer(PredictQuery(observations=observations), Limits())
+    per_series = ServedVersion("naive", 1, _panel_manifest("refit"), fit_naive(small_panel()), None)
+    answer = per_series.answer(PredictQuery(horizon=1, observations=observations), Limits())
+    assert list(answer.columns["series"]) == ["s0"] and list(answer.columns["y"]) == [5.0]

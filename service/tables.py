@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import functools
 import hashlib
 import io
@@ -131,10 +132,28 @@ def parse_times(values: Sequence[Any] | pd.Series, freq: str | None, column: str
     return index
 
 
+def _dates_as_stamps(series: pd.Series) -> pd.Series:
+    """A column of ``datetime.date`` or ``datetime.datetime`` objects (Parquet date32, pandas
+    ``.dt.date``) as pandas timestamps; any other column as it is."""
+    if series.dtype != object:
+        return series
+    present = series.dropna()
+    if present.empty or not all(isinstance(v, datetime.date) for v in present):
+        return series
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stamps = pd.to_datetime(series)
+    except (ValueError, TypeError, OverflowError):
+        return series  # out of pandas' range, or mixed UTC offsets: refused value by value
+    return stamps if pd.api.types.is_datetime64_any_dtype(stamps.dtype) else series
+
+
 def _parse_times(values: Sequence[Any] | pd.Series, freq: str | None) -> tuple[pd.Index, BadRows]:
     """Times of every row, and every row whose time cannot be used (its place in the index
     holds a placeholder then)."""
     series = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values.reset_index(drop=True)
+    series = _dates_as_stamps(series)
     missing = series.isna().to_numpy()
     bad: BadRows = [(int(i), "the time is missing") for i in np.flatnonzero(missing)]
     if freq is None:
@@ -700,6 +719,7 @@ def _timestamp_meaning(alias: str) -> tuple[pd.DateOffset | None, str | None]:
 def _sample_stamps(values: pd.Series) -> pd.DatetimeIndex | None:
     """The distinct wall-clock times of a column that parse as ISO 8601 timestamps, sorted
     (None when it holds no timestamps, e.g. integers or period strings like 1959Q1)."""
+    values = _dates_as_stamps(values)
     if isinstance(values.dtype, pd.PeriodDtype) or pd.api.types.is_integer_dtype(values.dtype):
         return None
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
@@ -816,7 +836,23 @@ def _infer_alias(stamps: pd.DatetimeIndex) -> str | None:
     return None
 
 
+def check_single_step(freq: str) -> None:
+    """Refuse a frequency with a multiple (2M, 3Q): the service stores single steps only; a
+    name that is no pandas frequency is left to the caller's own check."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 'M' for month ends is deprecated (ME)
+            offset = pd.tseries.frequencies.to_offset(freq)
+    except (TypeError, ValueError, AttributeError):
+        return
+    if offset is not None and offset.n != 1:
+        raise InvalidInput(
+            f"freq '{freq}' steps by {offset.n}: give single steps, e.g. M, not 2M", field="freq", freq=freq
+        )
+
+
 def _given_freq(values: pd.Series, given: str, column: str) -> TimeFreq:
+    check_single_step(given)
     as_period = _period_meaning(given)
     _, as_stamps = _timestamp_meaning(given)
     if as_stamps is None or as_stamps == as_period:

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from service.api.paging import decode_page_token, encode_page_token
-from service.datasets.store import DatasetStore
+from service.datasets.store import DATASET_NAME, DatasetStore
 from service.documents import load_document
-from service.errors import AliasesUnreadable, InvalidInput, ServiceError, SpecError, VersionLoadError
+from service.errors import AliasesUnreadable, InvalidInput, NotFound, ServiceError, SpecError, VersionLoadError
 from service.forecasting.specs import check_against_dataset, parse_model_spec, read_spec, write_spec
 from service.registry.store import NAME_PATTERN, SPEC_FILE, Registry, validate_alias
+from service.schemas.datasets import DatasetInfo, DatasetList
 from service.schemas.models import ModelDetail, ModelList, ModelSummary, VersionSummary
 from service.serving.cache import ModelCache, describe_state, scrub_paths
 
 MAX_PAGE = 1000
 
 
-def _after(page_token: str | None) -> str | None:
+def _after(page_token: str | None, names: re.Pattern[str] = NAME_PATTERN) -> str | None:
     """The last name of the previous page, from its token (a name: anything else was never given out)."""
     after = decode_page_token(page_token)
-    if after is not None and not NAME_PATTERN.fullmatch(after):
+    if after is not None and not names.fullmatch(after):
         raise InvalidInput(
             "page_token is not one this server gave out: send the next_page_token of the previous page, "
             "or none for the first page",
@@ -69,6 +71,20 @@ def list_models(registry: Registry, cache: ModelCache, limit: int = 100, page_to
         )
     more = len(names) > len(page)
     return ModelList(models=summaries, next_page_token=encode_page_token(page[-1]) if more else None)
+
+
+def list_datasets(store: DatasetStore, limit: int = 100, page_token: str | None = None) -> DatasetList:
+    """One page of datasets in name order, like `list_models`; a dataset deleted between the
+    listing and its read is left out."""
+    after = _after(page_token, DATASET_NAME)
+    limit = max(1, min(int(limit), MAX_PAGE))
+    names = store.names(after=after, limit=limit + 1)
+    page = []
+    for name in names[:limit]:
+        with contextlib.suppress(NotFound):
+            page.append(DatasetInfo(**store.describe(name)))
+    more = len(names) > limit
+    return DatasetList(datasets=page, next_page_token=encode_page_token(names[limit - 1]) if more else None)
 
 
 def _tags(manifest: Mapping[str, Any] | None) -> list[str]:

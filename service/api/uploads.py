@@ -8,7 +8,7 @@ from typing import Any
 
 from service.datasets.store import Roles
 from service.errors import Conflict, InvalidInput, LimitExceeded, NotFound, ServiceError
-from service.forecasting.specs import read_spec
+from service.forecasting.specs import ModelSpec, read_spec
 from service.tables import TableLimits, TimeFreq, read_upload, resolve_freq
 
 
@@ -27,26 +27,33 @@ def _roles(
 ) -> tuple[Roles, TimeFreq | None]:
     if given.get("time") or given.get("targets"):
         return _given_roles(given, frame)
-    return _known_roles(runtime, name, given, model), None
+    roles, spec = _known_roles(runtime, name, given, model)
+    if spec is None or roles.freq is not None or "freq" in spec.model_fields_set or roles.time not in frame.columns:
+        return roles, None
+    # the spec leaves freq out (to its dataset): inferred from the times, as without roles
+    frequency = resolve_freq(frame[roles.time], None, roles.time)
+    return replace(roles, freq=frequency.freq), frequency
 
 
-def _known_roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) -> Roles:
+def _known_roles(runtime: Any, name: str, given: dict[str, Any], model: str | None) -> tuple[Roles, ModelSpec | None]:
+    """The roles of the model spec ``model``, of the stored dataset, or of a spec that reads
+    it; with the spec they came from (None: the stored dataset's)."""
     if model is not None:
         spec = read_spec(runtime.registry, model)
         if spec is None:
             raise NotFound(f"model '{model}' has no spec to take column roles from", model=model)
-        return Roles.from_schema(spec.table_schema())
+        return Roles.from_schema(spec.table_schema()), spec
     try:
-        return runtime.datasets.roles(name)
+        return runtime.datasets.roles(name), None
     except NotFound:
         pass
     for candidate in runtime.registry.list_models():
         try:
-            spec = read_spec(runtime.registry, candidate)
+            found = read_spec(runtime.registry, candidate)
         except ServiceError:
             continue
-        if spec is not None and spec.data.dataset == name and spec.declares_roles:
-            return Roles.from_schema(spec.table_schema())
+        if found is not None and found.data.dataset == name and found.declares_roles:
+            return Roles.from_schema(found.table_schema()), found
     raise InvalidInput(
         f"dataset '{name}' is new: give its columns (?time=...&targets=...&keys=...&freq=...) "
         "or ?model=NAME to take them from a model spec",

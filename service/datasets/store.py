@@ -25,7 +25,15 @@ from filelock import FileLock
 
 from service.errors import InvalidInput, InvalidName, NotFound
 from service.fileio import atomic_write
-from service.tables import Schema, canonical_upload, fingerprint, format_time, read_parquet, write_parquet
+from service.tables import (
+    Schema,
+    canonical_upload,
+    check_single_step,
+    fingerprint,
+    format_time,
+    read_parquet,
+    write_parquet,
+)
 
 # model names are 1-64 characters; a declared source is snapshotted as "<model>.source"
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
@@ -64,6 +72,7 @@ class Roles:
             raise InvalidInput("dataset roles need 'time' and at least one 'targets' column", field="roles")
         freq = raw.get("freq")
         if freq is not None:
+            check_single_step(str(freq))
             try:
                 freq = pd.PeriodIndex([], freq=freq).freqstr
             except (TypeError, ValueError, AttributeError):
@@ -133,7 +142,10 @@ class DatasetStore:
         if version not in {v["version"] for v in doc["versions"]}:
             raise NotFound(f"dataset '{name}' has no version {version!r}", dataset=name, version=version)
         roles = Roles.from_dict(doc["roles"])
-        table = read_parquet(self._dir(name) / "versions" / f"{version}.parquet", roles.schema())
+        try:
+            table = read_parquet(self._dir(name) / "versions" / f"{version}.parquet", roles.schema())
+        except FileNotFoundError:  # deleted since the describe
+            raise NotFound(f"no dataset named '{name}'", dataset=name) from None
         return table, version, roles
 
     # ------------------------------------------------------------------ write
@@ -177,7 +189,11 @@ class DatasetStore:
             return self._store(name, table, roles, filled or report)
 
     def delete(self, name: str) -> None:
-        """Remove a dataset and all its versions (NotFound when there is none)."""
+        """Remove a dataset and all its versions (NotFound when there is none).
+
+        The directory stays with its ``.lock``: unlinking the lock file would let a writer
+        waiting on the old file and one on a new file write at once (a lost version). A
+        directory without dataset.json is no dataset (`names`, `describe`)."""
         self.describe(name)
         directory = self._dir(name)
         with self._lock(name):
@@ -186,9 +202,6 @@ class DatasetStore:
             except FileNotFoundError:
                 raise NotFound(f"no dataset named '{name}'", dataset=name) from None
             shutil.rmtree(directory / "versions", ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (directory / ".lock").unlink()
-            directory.rmdir()
 
     def _store(
         self,

@@ -7,6 +7,7 @@ row is counted in one problem, and datasets can be listed a page at a time and d
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import warnings
@@ -20,9 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.datasets.co2
+from fastapi.testclient import TestClient
 from sktime.datasets import load_lynx, load_shampoo_sales
 from sktime.forecasting.naive import NaiveForecaster
 
+from service.app import create_app
+from tests.conftest import make_settings, wait_ready
 from tests.servers import ServerProcess, running_server
 
 CSV = {"content-type": "text/csv"}
@@ -353,3 +357,93 @@ def test_delete_a_dataset_unless_a_model_reads_it(site: Site, http: httpx.Client
     # the name is free again: a new upload starts a new history
     again = uploaded(http, "scratch", co2_csv(co2().iloc[:6]), time="week", targets="co2")
     assert [v["version"] for v in again["versions"]] == [again["latest"]] != [doc["latest"]]
+
+
+# ------------------------------------------------------------------ review fixes: dates, spec roles, races
+
+
+PARQUET = {"content-type": "application/vnd.apache.parquet"}
+
+
+def test_a_parquet_date32_time_column_uploads_and_infers_its_freq(site: Site, http: httpx.Client) -> None:
+    y = co2().iloc[:6]
+    frame = pd.DataFrame({"week": y.index.date, "co2": y.to_numpy()})  # datetime.date cells: date32 in Parquet
+    body = io.BytesIO()
+    frame.to_parquet(body, index=False)
+    assert str(pd.read_parquet(io.BytesIO(body.getvalue())).dtypes["week"]) == "object"
+    response = http.put(
+        "/v1/datasets/co2-date32", params={"time": "week", "targets": "co2"}, content=body.getvalue(), headers=PARQUET
+    )
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert doc["roles"]["freq"] == "W-FRI" and doc["frequency"]["alias"] == "W-SAT"
+    assert (pd.DatetimeIndex(site.stored(doc)["week"]) == y.index).all()
+    # the same times as CSV: the same version
+    assert uploaded(http, "co2-date32-csv", co2_csv(y), time="week", targets="co2")["latest"] == doc["latest"]
+
+
+def test_an_upload_with_the_roles_of_a_spec_that_leaves_freq_to_the_dataset(site: Site, http: httpx.Client) -> None:
+    y = co2().iloc[:6]
+    spec = {
+        "data": {"source": {"dataset": "co2-by-spec"}, "time": "week", "targets": ["co2"]},
+        "horizon": 2,
+        "forecaster": NAIVE,
+    }
+    assert http.put("/v1/models/co2-spec", json=spec).status_code in (200, 201)
+    doc = uploaded(http, "co2-by-model", co2_csv(y), model="co2-spec")
+    assert doc["roles"]["freq"] == "W-FRI" and doc["frequency"]["inferred"] is True
+    # found through the spec that names the dataset
+    found = uploaded(http, "co2-by-spec", co2_csv(y))
+    assert found["roles"] == doc["roles"] and found["frequency"] == doc["frequency"]
+
+
+def test_a_multiple_frequency_is_refused_naming_freq(site: Site, http: httpx.Client) -> None:
+    shampoo = load_shampoo_sales()
+    for freq in ("2M", "2MS"):
+        answer = problem(
+            upload(http, "shampoo-2m", shampoo.to_csv().encode(), time="Period", targets=SHAMPOO, freq=freq)
+        )
+        assert answer["field"] == "freq" and "single steps" in answer["detail"], answer
+    problem(http.get("/v1/datasets/shampoo-2m"), 404)
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[TestClient]:
+    (tmp_path / "models").mkdir()
+    with TestClient(create_app(make_settings(tmp_path / "models"))) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_the_list_skips_a_dataset_deleted_while_it_is_read_and_reads_off_the_loop(
+    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("keep-a", "keep-b"):
+        assert (
+            app_client.put(
+                f"/v1/datasets/{name}",
+                params={"time": "week", "targets": "co2"},
+                content=co2_csv(co2().iloc[:4]),
+                headers=CSV,
+            ).status_code
+            == 200
+        )
+    store = app_client.app.state.runtime.datasets
+    names, describe = store.names, store.describe
+    on_loop = []
+
+    def describe_off_loop(name: str) -> dict[str, Any]:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(name)
+        except RuntimeError:
+            pass
+        return describe(name)
+
+    monkeypatch.setattr(store, "names", lambda after=None, limit=None: [*names(after, limit), "gone"])
+    monkeypatch.setattr(store, "describe", describe_off_loop)
+    listing = app_client.get("/v1/datasets")
+    assert listing.status_code == 200, listing.text
+    assert [d["name"] for d in listing.json()["datasets"]] == ["keep-a", "keep-b"]
+    assert app_client.get("/v1/datasets/keep-a").status_code == 200
+    assert on_loop == []  # the list and the detail read dataset.json on a worker thread

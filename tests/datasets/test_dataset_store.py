@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -193,3 +194,52 @@ def test_integer_time_index(store: DatasetStore) -> None:
     assert info["start"] == 1 and info["end"] == 4
     with pytest.raises(InvalidInput, match="not regular"):
         store.put("ints", pd.DataFrame({"t": [1, 2, 4], "y": [1.0, 2.0, 3.0]}), roles)
+
+
+def test_date_cells_parse_as_times_and_infer_their_freq(store: DatasetStore) -> None:
+    from service.tables import resolve_freq
+
+    frame = single_frame()
+    dates = frame.assign(month=pd.to_datetime(frame["month"]).dt.date)  # datetime.date objects
+    assert resolve_freq(dates["month"], None, "month").freq == "M"
+    stamps = frame.assign(month=list(pd.to_datetime(frame["month"]).dt.to_pydatetime()))  # datetime.datetime
+    assert resolve_freq(stamps["month"], None, "month").freq == "M"
+    assert store.put("dates", dates, SINGLE)["version"] == store.put("strings", frame, SINGLE)["version"]
+    assert store.put("stamps", stamps, SINGLE)["version"] == store.read("strings")[1]
+
+
+def test_a_read_racing_a_delete_is_not_found(store: DatasetStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.put("sales", single_frame(), SINGLE)
+    describe = store.describe
+
+    def describe_then_delete(name: str) -> dict[str, Any]:
+        doc = describe(name)
+        DatasetStore(store.root.parent).delete(name)  # between the describe and the Parquet read
+        return doc
+
+    monkeypatch.setattr(store, "describe", describe_then_delete)
+    with pytest.raises(NotFound):
+        store.read("sales")
+
+
+def test_delete_keeps_the_lock_file_and_the_name_is_free_again(store: DatasetStore) -> None:
+    store.put("sales", single_frame(), SINGLE)
+    store.put("other", single_frame(), SINGLE)
+    store.delete("sales")
+    assert (store.root / "sales" / ".lock").is_file()  # never unlinked: one lock inode per name for good
+    assert not (store.root / "sales" / "dataset.json").exists() and not (store.root / "sales" / "versions").exists()
+    assert store.names() == ["other"]
+    with pytest.raises(NotFound):
+        store.describe("sales")
+    with pytest.raises(NotFound):
+        store.delete("sales")
+    again = store.put("sales", single_frame(offset=1.0), SINGLE)
+    assert [v["version"] for v in store.describe("sales")["versions"]] == [again["version"]]
+    assert store.names() == ["other", "sales"]
+
+
+def test_roles_refuse_a_multiple_frequency() -> None:
+    for freq in ("2M", "3Q", "2D"):
+        with pytest.raises(InvalidInput, match="single steps") as caught:
+            Roles.from_dict({"time": "t", "targets": ["y"], "freq": freq})
+        assert caught.value.extra["field"] == "freq"

@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from service.api import uploads
+from service.api import catalog, uploads
 from service.api.deps import AdminAccess, ReadAccess, RuntimeDep
+from service.api.paging import PAGE_TOKEN_MAX
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.datasets.store import DATASET_NAME
-from service.errors import InvalidInput
 from service.schemas.datasets import DatasetInfo, DatasetList
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
@@ -88,32 +86,15 @@ async def append_observations(
     return DatasetInfo(**doc)
 
 
-def _page_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-def _after(token: str | None) -> str | None:
-    if token is None:
-        return None
-    try:
-        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        name = ""
-    if not DATASET_NAME.fullmatch(name):
-        raise InvalidInput("page_token is not one this server gave: start again without it", field="page_token")
-    return name
-
-
 @router.get("", response_model=DatasetList, summary="Datasets with their versions, a page at a time")
 async def list_datasets(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Datasets per page")] = 100,
-    page_token: Annotated[str | None, Query(max_length=200, description="next_page_token of the page before")] = None,
+    page_token: Annotated[
+        str | None, Query(max_length=PAGE_TOKEN_MAX, description="`next_page_token` of the previous page (opaque)")
+    ] = None,
 ) -> DatasetList:
-    store = runtime.datasets
-    names = store.names(after=_after(page_token), limit=limit + 1)
-    page = [DatasetInfo(**store.describe(n)) for n in names[:limit]]
-    return DatasetList(datasets=page, next_page_token=_page_token(names[limit - 1]) if len(names) > limit else None)
+    return await runtime.run_blocking(catalog.list_datasets, runtime.datasets, limit, page_token)
 
 
 @router.delete(
@@ -135,4 +116,4 @@ async def delete_dataset(name: DatasetName, runtime: RuntimeDep) -> Response:
     responses={404: PROBLEM},
 )
 async def get_dataset(name: DatasetName, runtime: RuntimeDep) -> DatasetInfo:
-    return DatasetInfo(**runtime.datasets.describe(name))
+    return DatasetInfo(**await runtime.run_blocking(runtime.datasets.describe, name))

@@ -258,7 +258,7 @@ def _read_table(path: Path) -> Any:
     return read_upload(path.read_bytes(), _content_type(path), what=path.name)
 
 
-def train_models(registry: Any, names: list[str], promote: bool = True) -> dict[str, int]:
+def train_models(registry: Any, names: list[str], promote: bool = True, datasets: Any = None) -> dict[str, int]:
     """Train and publish ``names`` with a progress bar (stages per model); ``promote``: point
     each one's ``production`` alias at its new version."""
     from service.forecasting.training import train_and_publish
@@ -274,7 +274,7 @@ def train_models(registry: Any, names: list[str], promote: bool = True) -> dict[
                 progress.update(overall, description=f"{name}: {stage}")
                 progress.advance(overall)
 
-            published[name] = train_and_publish(registry, name, promote=promote, progress=advance)
+            published[name] = train_and_publish(registry, name, promote=promote, progress=advance, datasets=datasets)
             err_console.print(f"  {name}: v{published[name]} in {time.perf_counter() - started:.1f}s")
     return published
 
@@ -582,13 +582,21 @@ def _published(name: str, version: int, promoted: bool, as_json: bool) -> None:
 
 @app.command()
 def train(
-    name: str, registry: RegistryOption = None, promote: PromoteOption = None, as_json: JsonOption = False
+    name: str,
+    registry: RegistryOption = None,
+    data_dir: DataDirOption = None,
+    promote: PromoteOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Fit a model's spec on its declared data and publish a new version (here, on the registry folder)."""
+    """Fit a model's spec on its declared data (an uploaded dataset: from --data-dir) and publish
+    a new version (here, on the registry folder)."""
+    from service.datasets.store import DatasetStore
+
     reg = _registry(registry)
+    datasets = DatasetStore(_settings(registry, data_dir).data_dir)
     promoted = _promotes(reg, name, promote)
     try:
-        version = train_models(reg, [name], promote=promoted)[name]
+        version = train_models(reg, [name], promote=promoted, datasets=datasets)[name]
     except ServiceError as exc:
         _fail(exc)
     _published(name, version, promoted, as_json)

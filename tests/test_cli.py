@@ -306,3 +306,7 @@ def test_models_put_checks_against_the_dataset_and_dry_run_writes_nothing(tmp_pa
     spec.write_text("data: {source: {dataset: sales}}\nhorizon: 9\nforecaster: {class: NaiveForecaster}\n")
     assert "history" in one_line_error(invoke("models", "put", "shop", str(spec), *where))  # 12 < 2 x 9
     assert "horizon: 3" in (registry / "shop" / "model.yaml").read_text()  # the stored spec is unchanged
+    trained = ok(invoke("train", "shop", *where))  # a spec that reads an uploaded dataset trains offline too
+    assert "shop v1 published and promoted" in trained
+    manifest = Registry(registry).read_manifest("shop", 1)
+    assert manifest["freq"] == "M" and manifest["training"]["rows"] == 12

@@ -70,7 +70,7 @@ def did_you_mean(name: str) -> str | None:
     """The allow-listed name closest to ``name`` (case first: ``AutoEts`` -> ``AutoETS``), if any is close."""
     if not isinstance(name, str) or not name:
         return None
-    by_lower = {n.lower(): n for n in ALLOWED}
+    by_lower = {n.lower(): n for n in allow_list()}  # installed entries only
     if name.lower() in by_lower:
         return by_lower[name.lower()]
     close = difflib.get_close_matches(name.lower()[:200], list(by_lower), n=1, cutoff=0.8)
@@ -279,9 +279,12 @@ class ModelSpec(_Strict):
         if value is None:
             return None
         try:
-            return pd.PeriodIndex([], freq=value).freqstr
+            freqstr = pd.PeriodIndex([], freq=value).freqstr
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"'{value}' is not a pandas period frequency") from exc
+        if pd.PeriodIndex([], freq=value).freq.n != 1:
+            raise ValueError(f"freq '{value}' steps by more than one period: give single steps, e.g. M, not 2M")
+        return freqstr
 
     @field_validator("schedule")
     @classmethod

@@ -89,15 +89,19 @@ def train_and_publish(
     progress: Progress | None = None,
     job_id: str | None = None,
     sources_root: Path | None = None,
+    datasets: Any = None,
 ) -> int:
-    """Read the spec's source, fit, publish; point ``production`` at the new version."""
+    """Read the spec's source, fit, publish; point ``production`` at the new version.
+    ``datasets`` (a `DatasetStore`) for specs that read an uploaded dataset."""
     say = progress or (lambda stage, done, total: None)
-    spec = read_spec(registry, name)
+    spec = read_spec(registry, name, datasets)
     if spec is None:
         registry.require_model(name)
         raise InvalidInput(f"model '{name}' has no {name}/model.yaml to train from", model=name)
     say("loading data", 0, None)
-    raw, _ = read_source(spec.data.source, base_dir=registry.model_dir(name), sources_root=sources_root)
+    raw, _ = read_source(
+        spec.data.source, base_dir=registry.model_dir(name), sources_root=sources_root, datasets=datasets
+    )
     say("fitting", 0, None)
     result = fit_spec(spec, raw)
     say("publishing", 0, None)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from service.api.deps import ReadAccess
+from service.api.deps import ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM_RESPONSES
 from service.forecasting.forecasters import allow_list_catalog, describe_forecaster
 from service.schemas.forecasters import ForecasterInfo, ForecasterList
@@ -30,11 +30,15 @@ def _listing(family: str | None) -> bytes:
 
 @router.get("", response_model=ForecasterList, summary="The allow-list: every class a spec may name")
 async def list_forecasters(
+    runtime: RuntimeDep,
     family: Annotated[str | None, Query(max_length=64, description="Only this family, e.g. statistical")] = None,
 ) -> Response:
-    return Response(_listing(family), media_type="application/json")
+    # the first call reads every class's signature and tags: off the event loop
+    return Response(await runtime.run_blocking(_listing, family), media_type="application/json")
 
 
 @router.get("/{name}", response_model=ForecasterInfo, summary="One allow-listed class (404 with a did-you-mean)")
-async def get_forecaster(name: Annotated[str, Path(max_length=200, examples=["AutoETS"])]) -> ForecasterInfo:
-    return ForecasterInfo.model_validate(describe_forecaster(name))
+async def get_forecaster(
+    name: Annotated[str, Path(max_length=200, examples=["AutoETS"])], runtime: RuntimeDep
+) -> ForecasterInfo:
+    return ForecasterInfo.model_validate(await runtime.run_blocking(describe_forecaster, name))

@@ -26,6 +26,7 @@ class SktimeCase:
     fh: np.ndarray
     coverage: list[float]
     y_new: pd.DataFrame
+    refit: bool = False  # the version's observations mode is refit (update_params=True), as served
 
 
 def load_case(
@@ -39,7 +40,8 @@ def load_case(
     schema = Schema.from_dict(loaded.manifest["schema"])
     table = canonical_table(pd.DataFrame(observations), schema, what="observations")
     y_new, _ = to_sktime(table, schema)
-    return SktimeCase(loaded.forecaster, np.arange(1, horizon + 1), list(coverage), y_new)
+    refit = (loaded.manifest.get("observations") or {}).get("mode") == "refit"
+    return SktimeCase(loaded.forecaster, np.arange(1, horizon + 1), list(coverage), y_new, refit)
 
 
 def timed(call: Call) -> float:
@@ -65,12 +67,13 @@ def predict_with_intervals(case: SktimeCase) -> Call:
 
 
 def update_then_predict(case: SktimeCase) -> Call:
-    """``update`` with the new actuals, then ``predict`` + ``predict_interval``, on a fresh copy
-    made before the timer starts (the served model never mutates)."""
+    """``update`` with the new actuals in the version's mode (state or refit, as the server does),
+    then ``predict`` + ``predict_interval``, on a fresh copy made before the timer starts (the
+    served model never mutates)."""
     private = copy.deepcopy(case.forecaster)
 
     def call() -> None:
-        private.update(case.y_new, update_params=False)
+        private.update(case.y_new, update_params=case.refit)
         private.predict(fh=case.fh)
         private.predict_interval(fh=case.fh, coverage=case.coverage)
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from service.registry.store import Registry
+from tests.test_cli import ok, one_line_error
 
 from .conftest import ServerProcess, copy_models, free_port, running_server
 
@@ -38,18 +39,6 @@ def cli(*args: str, url: str | None = None) -> Any:
         env["FORECAST_URL"] = url
     result = CliRunner().invoke(app, list(args), env=env)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_models_and_predict_over_http(server: ServerProcess, tmp_path: Path) -> None:

@@ -179,7 +179,13 @@ class DatasetStore:
                 missing=missing if missing in ("error", "drop") else "keep",
             )
             key = [*roles.keys, roles.time]
-            merged = pd.concat([current, new], ignore_index=True).drop_duplicates(subset=key, keep="last")
+            if missing in ("ffill", "interpolate"):
+                # a missing cell in a new row at a stored key+time is "not known": the stored value
+                # stays (it must not be replaced, then filled from the previous row)
+                stored = current.set_index(key)
+                merged = new.set_index(key).combine_first(stored).reset_index()[list(current.columns)]
+            else:
+                merged = pd.concat([current, new], ignore_index=True).drop_duplicates(subset=key, keep="last")
             table, filled = canonical_upload(
                 merged,
                 roles.schema(),

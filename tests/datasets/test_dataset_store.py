@@ -117,6 +117,30 @@ def test_append_upserts_by_key_and_time_into_a_new_version(store: DatasetStore) 
     assert len(store.read("panel", base)[0]) == 36
 
 
+def test_a_filled_append_keeps_stored_values_its_missing_cells_overlap(store: DatasetStore) -> None:
+    """missing=ffill: a new row with a missing cell at a stored key+time leaves the stored value
+    (it is not replaced and then filled from the month before); new times are filled."""
+    store.put("panel", panel_frame(), PANEL)
+    before, _, _ = store.read("panel")
+    stored = before[(before["store"] == "a") & (before["month"] == pd.Period("2021-12", "M"))]
+    new = pd.DataFrame(
+        {
+            "store": ["a", "a", "a"],
+            "month": ["2021-12-01", "2022-01-01", "2022-02-01"],
+            "sales": [np.nan, 60.0, np.nan],
+            "price": [3.0, np.nan, 2.5],
+        }
+    )
+    store.append("panel", new, missing="ffill")
+    table, _, _ = store.read("panel")
+    a = table[table["store"] == "a"].set_index("month")
+    december = pd.Period("2021-12", "M")
+    assert a.loc[december, "sales"] == stored["sales"].item()  # kept, not filled from November
+    assert a.loc[december, "price"] == 3.0  # a given value replaces the stored one
+    assert a.loc[pd.Period("2022-01", "M"), "price"] == 3.0  # a new time: filled from December
+    assert a.loc[pd.Period("2022-02", "M"), "sales"] == 60.0
+
+
 def test_append_that_changes_nothing_keeps_the_version(store: DatasetStore) -> None:
     base = store.put("sales", single_frame(), SINGLE)["version"]
     again = store.append("sales", single_frame().iloc[-3:])

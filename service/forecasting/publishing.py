@@ -266,16 +266,17 @@ def publish_fitted(
     return version
 
 
-def keep_newest(registry: Registry, name: str, keep: int | None) -> list[int]:
+def keep_newest(registry: Registry, name: str, keep: int | None) -> tuple[list[int], str | None]:
     """The spec's retention (``keep_versions``) after a publish: versions no alias points at
-    beyond the newest ``keep`` are deleted. A failure is logged; the next publish retries."""
+    beyond the newest ``keep`` are deleted. Returns the deleted numbers and, when it failed,
+    why (logged; the next publish retries)."""
     if not keep:
-        return []
+        return [], None
     try:
-        return registry.prune_versions(name, keep)
+        return registry.prune_versions(name, keep), None
     except ServiceError as exc:
         log.warning("retention of %s skipped: %s", name, exc.detail)
-        return []
+        return [], exc.detail[:500]
 
 
 def _refit_on_periods(forecaster: Any, table: pd.DataFrame, schema: Schema, horizon: int) -> Any:

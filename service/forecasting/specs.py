@@ -279,12 +279,12 @@ class ModelSpec(_Strict):
         if value is None:
             return None
         try:
-            freqstr = pd.PeriodIndex([], freq=value).freqstr
+            periods = pd.PeriodIndex([], freq=value)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"'{value}' is not a pandas period frequency") from exc
-        if pd.PeriodIndex([], freq=value).freq.n != 1:
+        if periods.freq.n != 1:
             raise ValueError(f"freq '{value}' steps by more than one period: give single steps, e.g. M, not 2M")
-        return freqstr
+        return periods.freqstr
 
     @field_validator("schedule")
     @classmethod

@@ -13,7 +13,7 @@ from service.datasets.store import DatasetStore, Roles
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
 from service.forecasting.progress import Progress
-from service.forecasting.publishing import PublishRequest, publish_version
+from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.specs import read_spec
 from service.forecasting.training import fit_spec, with_quiet_workers
 from service.registry.store import Registry
@@ -164,13 +164,7 @@ def retrain(
             promote, reason = False, f"v{version} cannot serve what the spec asks for ({asked}); not promoted"
     if promote:
         registry.set_alias(name, "production", version)
-    deleted: list[int] = []
-    retention_error = None
-    if spec.keep_versions:
-        try:
-            deleted = registry.prune_versions(name, spec.keep_versions)
-        except ServiceError as exc:  # published and decided: retention waits for the next publish
-            retention_error = exc.detail[:500]
+    deleted, retention_error = keep_newest(registry, name, spec.keep_versions)  # published and decided
     say("publishing", 1, 1)
     return {
         "model": name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--generator", choices=["auto", "wrk", "httpx"], default="auto", help="load generator (auto: wrk if installed)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (registry, server logs)")
-    parser.add_argument("--only", choices=["all", "predict", "retrain"], default="all", help="which benchmarks to run")
+    parser.add_argument(
+        "--only", choices=["all", "predict", "retrain", "scale"], default="all", help="which benchmarks to run"
+    )
     return parser.parse_args(argv)
 
 
@@ -31,7 +34,23 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmark(profile, args.out, generator=args.generator, keep=args.keep)
     if args.only in ("all", "retrain"):
         run_retrain_into(args.out, repeats=1 if profile.name == "quick" else 3)
+    if args.only == "scale" or (args.only == "all" and profile.name == "full"):
+        run_scale_into(args.out, os.environ.get("BENCH_SCALE", "1000,10000"))
     return 0
+
+
+def run_scale_into(out: Path, sizes: str) -> None:
+    """The panel-scale benchmark (sizes: comma-separated series counts; BENCH_SCALE=1000,10000,100000
+    adds the 100k run, about half an hour); its figures go to ``out`` under "scale", its plot beside it."""
+    import json
+
+    from bench.scale import format_scale, run_scale_benchmark
+
+    results = run_scale_benchmark([int(s) for s in sizes.split(",")], plot=out.with_name("scale.png"))
+    print(format_scale(results))
+    merged = json.loads(out.read_text()) if out.is_file() else {}
+    merged["scale"] = results
+    out.write_text(json.dumps(merged, indent=2, default=str))
 
 
 def run_retrain_into(out: Path, repeats: int) -> None:

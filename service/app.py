@@ -107,7 +107,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
     )
-    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, pause_seconds=settings.body_timeout)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        pause_seconds=settings.body_timeout,
+        upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(GzipLargeAnswers)  # outside the fast lane: its cached answers are compressed too
     app.add_middleware(RequestObserver, metrics=runtime.metrics, access_log=settings.access_log)
     app.include_router(predict.router)  # first: the hot route is matched first

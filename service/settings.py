@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     max_horizon: int = Field(default=500, ge=1, description="Largest forecast horizon a request may ask for")
     max_series_per_request: int = Field(default=5000, ge=1, description="Most series a request may name")
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest request body, in bytes")
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Largest dataset upload or append body, in bytes (streamed to disk; other routes: max_body_bytes)",
+    )
+    max_upload_rows: int = Field(
+        default=12_000_000, ge=1, description="Most rows in a dataset upload or append (100k series x 120 periods)"
+    )
     max_rows_per_request: int = Field(
         default=200_000, ge=1, description="Most rows in a request table (observations, exogenous)"
     )

@@ -68,7 +68,7 @@ class TableLimits:
     """Budgets a wire table is checked against before it is parsed (defaults: the settings')."""
 
     max_columns: int = 1000  # FORECAST_MAX_COLUMNS_PER_TABLE
-    max_rows: int = 200_000  # FORECAST_MAX_ROWS_PER_REQUEST
+    max_rows: int = 12_000_000  # FORECAST_MAX_UPLOAD_ROWS
     max_decoded_bytes: int = 512 * 2**20  # FORECAST_MAX_DECODED_BYTES
 
 
@@ -1188,8 +1188,7 @@ def _read_parquet_upload(body: bytes, what: str, limits: TableLimits) -> pd.Data
         check_columns(meta.num_columns, what, limits.max_columns)
         if meta.num_rows > limits.max_rows:
             raise LimitExceeded(
-                f"the {what} has {meta.num_rows} rows; at most {limits.max_rows} "
-                "(setting FORECAST_MAX_ROWS_PER_REQUEST)",
+                f"the {what} has {meta.num_rows} rows; at most {limits.max_rows} (setting FORECAST_MAX_UPLOAD_ROWS)",
                 field=what,
                 maximum=limits.max_rows,
             )

@@ -4,12 +4,65 @@ frequency, validate, store a version."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+
 from service.datasets.store import Roles
-from service.errors import Conflict, InvalidInput, LimitExceeded, NotFound, ServiceError
+from service.errors import Conflict, InvalidInput, InvalidTable, LimitExceeded, NotFound, ServiceError
 from service.forecasting.specs import ModelSpec, read_spec
-from service.tables import TableLimits, TimeFreq, read_upload, resolve_freq
+from service.tables import (
+    PARQUET_TYPES,
+    TableLimits,
+    TimeFreq,
+    check_columns,
+    csv_header_width,
+    read_upload,
+    resolve_freq,
+)
+
+CSV_TYPES = ("text/csv", "application/csv")
+HEADER_PROBE = 8 * 2**20  # bytes of a CSV file read for its header check
+
+
+def tmp_dir(runtime: Any) -> Path:
+    """The datasets folder's own tmp area, where upload bodies are spooled."""
+    folder = Path(runtime.datasets.root) / ".tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def read_body_file(runtime: Any, path: Path | bytes, content_type: str | None) -> pd.DataFrame:
+    """An upload spooled to ``path``: CSV parsed from the file (its header record counted
+    first), Parquet read memory-mapped (no copy of the file in memory; the footer checks of
+    ``read_upload`` apply), JSON read whole, bounded by FORECAST_MAX_BODY_BYTES."""
+    if isinstance(path, bytes):  # the CLI's in-process upload
+        return read_upload(path, content_type, limits=_limits(runtime))
+    kind = (content_type or "").split(";")[0].strip().lower()
+    size = path.stat().st_size
+    limits = _limits(runtime)
+    if size and kind in CSV_TYPES:
+        with path.open("rb") as f:
+            head = f.read(HEADER_PROBE)
+        check_columns(csv_header_width(head), "body", limits.max_columns)
+        try:
+            return pd.read_csv(path)
+        except (ValueError, TypeError, pd.errors.ParserError) as exc:
+            raise InvalidTable(f"the body cannot be read as {kind}: {exc}"[:500], field="body") from None
+    if size and kind in PARQUET_TYPES:
+        with pa.memory_map(str(path)) as mapped:
+            return read_upload(mapped.read_buffer(), content_type, limits=limits)  # type: ignore[arg-type]
+    limit = runtime.settings.max_body_bytes
+    if size > limit:
+        raise LimitExceeded(
+            f"a JSON table upload is at most {limit} bytes (setting FORECAST_MAX_BODY_BYTES); "
+            "send larger tables as CSV or Parquet",
+            field="body",
+            maximum=limit,
+        )
+    return read_upload(path.read_bytes(), content_type, limits=limits)
 
 
 def _given_roles(given: dict[str, Any], frame: Any) -> tuple[Roles, TimeFreq | None]:
@@ -64,26 +117,26 @@ def _known_roles(runtime: Any, name: str, given: dict[str, Any], model: str | No
 def _limits(runtime: Any) -> TableLimits:
     s = runtime.settings
     return TableLimits(
-        max_columns=s.max_columns_per_table, max_rows=s.max_rows_per_request, max_decoded_bytes=s.max_decoded_bytes
+        max_columns=s.max_columns_per_table, max_rows=s.max_upload_rows, max_decoded_bytes=s.max_decoded_bytes
     )
 
 
 def _check_rows(runtime: Any, frame: Any) -> None:
-    limit = runtime.settings.max_rows_per_request
+    limit = runtime.settings.max_upload_rows
     if len(frame) > limit:
-        raise LimitExceeded(f"the upload has {len(frame)} rows; at most {limit} (FORECAST_MAX_ROWS_PER_REQUEST)")
+        raise LimitExceeded(f"the upload has {len(frame)} rows; at most {limit} (FORECAST_MAX_UPLOAD_ROWS)")
 
 
 def upload(
     runtime: Any,
     name: str,
-    body: bytes,
+    body: Path | bytes,
     content_type: str | None,
     given: dict[str, Any],
     model: str | None,
     missing: str = "error",
 ) -> dict[str, Any]:
-    frame = read_upload(body, content_type, limits=_limits(runtime))
+    frame = read_body_file(runtime, body, content_type)
     _check_rows(runtime, frame)
     roles, frequency = _roles(runtime, name, given, model, frame)
     runtime.datasets.put(
@@ -92,9 +145,11 @@ def upload(
     return runtime.datasets.describe(name)
 
 
-def append(runtime: Any, name: str, body: bytes, content_type: str | None, missing: str = "error") -> dict[str, Any]:
+def append(
+    runtime: Any, name: str, body: Path | bytes, content_type: str | None, missing: str = "error"
+) -> dict[str, Any]:
     runtime.datasets.describe(name)  # 404 before parsing
-    frame = read_upload(body, content_type, limits=_limits(runtime))
+    frame = read_body_file(runtime, body, content_type)
     _check_rows(runtime, frame)
     runtime.datasets.append(name, frame, missing=missing)
     return runtime.datasets.describe(name)

@@ -310,11 +310,11 @@ def test_invalid_dataset_name_is_422(client: TestClient) -> None:
     problem(client.put(f"/v1/datasets/Bad%20Name?{AIR_ROLES}", content=to_csv(airline_frame()), headers=CSV))
 
 
-def test_body_over_the_size_limit_is_413_and_the_dataset_stays(tmp_path: Path) -> None:
+def test_body_over_the_upload_limit_is_413_and_the_dataset_stays(tmp_path: Path) -> None:
     registry = tmp_path / "models"
     registry.mkdir()
     small = airline_frame().iloc[:24]
-    with TestClient(create_app(make_settings(registry, max_body_bytes=4096))) as client:
+    with TestClient(create_app(make_settings(registry, max_upload_bytes=4096))) as client:
         wait_ready(client)
         assert client.put(f"/v1/datasets/air?{AIR_ROLES}", content=to_csv(small), headers=CSV).status_code == 200
         before = files_of(client, "air")
@@ -329,7 +329,7 @@ def test_body_over_the_size_limit_is_413_and_the_dataset_stays(tmp_path: Path) -
 def test_too_many_rows_is_refused(tmp_path: Path) -> None:
     registry = tmp_path / "models"
     registry.mkdir()
-    with TestClient(create_app(make_settings(registry, max_rows_per_request=100))) as client:
+    with TestClient(create_app(make_settings(registry, max_upload_rows=100))) as client:
         wait_ready(client)
         answer = problem(client.put(f"/v1/datasets/air?{AIR_ROLES}", content=to_csv(airline_frame()), headers=CSV))
         assert "144 rows" in answer["detail"]

@@ -327,10 +327,10 @@ def test_a_parquet_bomb_is_refused_from_its_footer(client: TestClient) -> None:
     started = time.monotonic()
     with peak_rss() as memory:
         response = client.put("/v1/datasets/bomb?time=t&targets=y", content=bomb, headers=PARQUET)
-    answer = problem(response, 422, "40000000 rows", "FORECAST_MAX_ROWS_PER_REQUEST")
+    answer = problem(response, 422, "40000000 rows", "FORECAST_MAX_UPLOAD_ROWS")
     assert time.monotonic() - started < 2
     assert memory["growth"] < 100, f"RSS grew {memory['growth']:.0f} MB"
-    assert answer["maximum"] == 200_000
+    assert answer["maximum"] == 12_000_000  # FORECAST_MAX_UPLOAD_ROWS
 
 
 def test_parquet_over_the_decoded_size_is_refused(narrow: TestClient) -> None:

@@ -41,7 +41,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- in process
 def test_declared_oversized_body_is_refused_before_it_is_read(registry_path: Path) -> None:
     """The ASGI app answers 413 from the Content-Length alone: ``receive`` is never called."""
-    app = create_app(make_settings(registry_path, max_body_bytes=LIMIT, scheduler=False))
+    app = create_app(make_settings(registry_path, max_body_bytes=LIMIT, max_upload_bytes=LIMIT, scheduler=False))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -32,6 +37,23 @@ Missing = Annotated[
 ]
 
 
+@contextlib.asynccontextmanager
+async def _spooled(request: Request, runtime: RuntimeDep) -> AsyncIterator[FilePath]:
+    """The request body streamed to a file in the datasets folder's tmp area (never one
+    bytes object in memory; BodyLimits counts it against FORECAST_MAX_UPLOAD_BYTES), removed
+    afterwards, also on error or disconnect."""
+    folder = uploads.tmp_dir(runtime)
+    handle, name = tempfile.mkstemp(prefix="upload-", suffix=".body", dir=folder)
+    path = FilePath(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            async for chunk in request.stream():
+                out.write(chunk)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
 
@@ -62,11 +84,11 @@ async def put_dataset(
     model: Annotated[str | None, Query(description="Take the column roles from this model's spec")] = None,
     missing: Missing = "error",
 ) -> DatasetInfo:
-    body = await request.body()
     roles = {"time": time, "targets": _csv(targets), "keys": _csv(keys), "exogenous": _csv(exogenous), "freq": freq}
-    doc = await runtime.run_ingest(
-        uploads.upload, runtime, name, body, request.headers.get("content-type"), roles, model, missing
-    )
+    async with _spooled(request, runtime) as body:
+        doc = await runtime.run_ingest(
+            uploads.upload, runtime, name, body, request.headers.get("content-type"), roles, model, missing
+        )
     return DatasetInfo(**doc)
 
 
@@ -81,8 +103,10 @@ async def put_dataset(
 async def append_observations(
     name: DatasetName, request: Request, runtime: RuntimeDep, missing: Missing = "error"
 ) -> DatasetInfo:
-    body = await request.body()
-    doc = await runtime.run_ingest(uploads.append, runtime, name, body, request.headers.get("content-type"), missing)
+    async with _spooled(request, runtime) as body:
+        doc = await runtime.run_ingest(
+            uploads.append, runtime, name, body, request.headers.get("content-type"), missing
+        )
     return DatasetInfo(**doc)
 
 

@@ -87,6 +87,11 @@ class FastTable:
         else:
             self.series_codes = np.zeros(len(self.steps), dtype="int64")
             self.series_ids = {(): 0}
+        # Series index: row numbers grouped by series (stable, so table order within a series),
+        # and each series' [start, stop) in that grouping: picking a few series is slices.
+        self._by_series = np.argsort(self.series_codes, kind="stable")
+        bounds = np.searchsorted(self.series_codes[self._by_series], np.arange(len(self.series_ids) + 1))
+        self._starts, self._stops = bounds[:-1], bounds[1:]
 
     def covers(self, steps: Sequence[int], coverage: Sequence[float], quantiles: Sequence[float]) -> bool:
         return (
@@ -101,10 +106,15 @@ class FastTable:
         if list(steps) == list(range(1, self.horizon + 1)) and series is None:
             mask = None
         else:
-            mask = np.isin(self.steps, np.asarray(steps, dtype="int64"))
-            if series is not None:
-                wanted = [self.series_ids[s] for s in series]
-                mask &= np.isin(self.series_codes, np.asarray(wanted, dtype="int64"))
+            wanted_steps = np.asarray(steps, dtype="int64")
+            if series is None:
+                rows = np.flatnonzero(np.isin(self.steps, wanted_steps))
+            else:
+                codes = [self.series_ids[s] for s in series]
+                parts = [self._by_series[self._starts[c] : self._stops[c]] for c in codes]
+                rows = np.concatenate(parts) if parts else np.empty(0, dtype="int64")
+                rows = np.unique(rows[np.isin(self.steps[rows], wanted_steps)])  # the table's row order
+            mask = rows
         return {n: (self.columns[n] if mask is None else self.columns[n][mask]) for n in names}
 
 

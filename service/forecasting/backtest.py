@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from service.errors import CapabilityUnavailable, InvalidInput
+from service.forecasting.chunked_fit import map_chunks, series_chunks
 from service.forecasting.sktime_internals import requires_residuals
 from service.tables import TOTAL, Schema, format_time
 
@@ -234,12 +235,27 @@ def run_backtest(
     request: BacktestRequest,
     schema: Schema,
     on_progress: Callable[[int, int], None] | None = None,
+    chunked: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run sktime's `evaluate`; returns (result document, fold predictions long table)."""
+    """Run sktime's `evaluate`; returns (result document, fold predictions long table).
+
+    ``chunked``: a forecaster sktime vectorises per series runs `evaluate` per chunk of series
+    on chunked_fit's workers; fold data are concatenated in the panel's order and each fold's
+    panel score is computed on them as `evaluate` does; fit and predict times are summed."""
     from sktime.forecasting.model_evaluation import evaluate
 
     n_folds = request.splitter.build().get_n_splits(y)
     report = on_progress or (lambda done, total: None)
+    if chunked:
+        chunks = series_chunks(forecaster, y, x)
+        if chunks is not None:
+            metrics = metric_objects(request.metrics, request.coverage, request.quantiles)
+            started = time.perf_counter()
+            tasks = [(forecaster, cy, cx, request, metrics) for cy, cx in chunks]
+            parts = map_chunks(_evaluate_chunk, tasks, lambda d, t: report(n_folds * d // t if d < t else 0, n_folds))
+            frame = _combine(parts, metrics, list(request.metrics))
+            report(n_folds, n_folds)
+            return _summarise(frame, metrics, request, schema, time.perf_counter() - started)
     splitter = _ProgressSplitter(request.splitter.build(), lambda i: report(i, n_folds)).install()
     metrics = metric_objects(request.metrics, request.coverage, request.quantiles)
     started = time.perf_counter()
@@ -258,6 +274,44 @@ def run_backtest(
     report(n_folds, n_folds)
     wall = time.perf_counter() - started
     return _summarise(frame, metrics, request, schema, wall)
+
+
+def _evaluate_chunk(forecaster: Any, y: Any, x: Any, request: BacktestRequest, metrics: list[Any]) -> Any:
+    """In a worker: sktime's `evaluate` on one chunk of series, serially."""
+    from sktime.forecasting.model_evaluation import evaluate
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore")
+        chunk = forecaster.clone()
+        chunk.set_config(**{"backend:parallel": None})
+        return evaluate(
+            forecaster=chunk,
+            cv=request.splitter.build(),
+            y=y,
+            X=x,
+            strategy=request.strategy,
+            scoring=metrics,
+            return_data=True,
+            error_score="raise",
+        )
+
+
+def _combine(parts: list[pd.DataFrame], metrics: list[Any], names: list[str]) -> pd.DataFrame:
+    """The chunks' `evaluate` frames as one whole-panel frame: data concatenated, scores redone."""
+    first = parts[0].reset_index(drop=True)
+    frame = first.copy()
+    for column in first.columns:
+        if column.startswith("y_"):
+            frame[column] = [pd.concat([p.iloc[i][column] for p in parts]) for i in range(len(first))]
+        elif column.endswith("_time") and column != "len_train_window":
+            frame[column] = sum(p[column].to_numpy() for p in parts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n, m in zip(names, metrics, strict=True):
+            column = _PREDICTION_COLUMN.get(n, "y_pred")
+            frame[f"test_{n}"] = [m(row["y_test"], row[column], y_train=row["y_train"]) for _, row in frame.iterrows()]
+    return frame
 
 
 def _summarise(

@@ -112,3 +112,35 @@ def _fit_chunk(index: int, forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | N
         chunk.set_config(**{"backend:parallel": None})
         chunk.fit(y, X=x, fh=fh)
     return index, chunk.forecasters_
+
+
+def series_chunks(forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None) -> list[tuple[Any, Any]] | None:
+    """The panel ``y`` (and ``x``) split into chunks of whole series, in sktime's series order,
+    or None when sktime would not vectorise ``forecaster`` over the series."""
+    _, y_inner = convert_inputs(forecaster.clone(), y, x)
+    rows = y_inner.get_iter_indices()[0] if isinstance(y_inner, VectorizedDF) else None
+    if rows is None or len(rows) < 2:
+        return None
+    levels = rows.nlevels
+    parts = [rows[i] for i in np.array_split(np.arange(len(rows)), min(len(rows), cpu_count() * CHUNKS_PER_CORE))]
+
+    def select(frame: pd.DataFrame | None, part: pd.Index) -> pd.DataFrame | None:
+        if frame is None:
+            return None
+        instances = frame.index.droplevel(list(range(levels, frame.index.nlevels)))
+        return frame[instances.isin(part)]
+
+    return [(select(y, part), select(x, part)) for part in parts]
+
+
+def map_chunks(func: Any, chunks: list[tuple[Any, ...]], progress: Any = None) -> list[Any]:
+    """``func(*chunk)`` for every chunk on the workers, results in chunk order; ``progress(done,
+    total)`` after each chunk (it may raise to cancel: chunks not started are dropped)."""
+    results: dict[int, Any] = {}
+    with _workers() as pool:
+        futures = {pool.submit(func, *chunk): i for i, chunk in enumerate(chunks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if progress is not None:
+                progress(len(results), len(chunks))
+    return [results[i] for i in range(len(chunks))]

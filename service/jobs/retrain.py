@@ -110,7 +110,7 @@ def retrain(
     scores: dict[str, Any] = {"metric": metric, "candidate": None, "production": None}
     say("comparing", 0, 2 if production_version else 1)
     try:
-        candidate_result, _ = run_backtest(unfitted, y, x, window, schema)
+        candidate_result, _ = run_backtest(unfitted, y, x, window, schema, chunked=True)
         scores["candidate"] = candidate_result["aggregate"][metric]
     except (ServiceError, ValueError) as exc:
         scores["candidate_error"] = str(exc)[:500]
@@ -119,7 +119,7 @@ def retrain(
             production = registry.load(name, production_version).forecaster
             # the same parallel backend as the candidate, so the comparison costs the same
             production.set_config(**{k: v for k, v in unfitted.get_config().items() if k.startswith("backend:")})
-            production_result, _ = run_backtest(production, y, x, window, schema)
+            production_result, _ = run_backtest(production, y, x, window, schema, chunked=True)
             scores["production"] = production_result["aggregate"][metric]
         except ServiceError as exc:
             scores["production_error"] = exc.detail[:500]

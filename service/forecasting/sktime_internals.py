@@ -25,6 +25,8 @@ PRIVATE_NAMES: dict[tuple[str, str], str] = {
     ("BaseForecaster", "_yvec"): "the VectorizedDF a vectorised fit keeps, as fit does",
     ("BaseForecaster", "_state"): "marking a chunk-fitted forecaster fitted, as fit does",
     ("ReconcilerForecaster", "_requires_residuals"): "refusing update strategies sktime 1.2 cannot run",
+    ("_GeneralisedStatsForecastAdapter", "_instantiate_model"): "the statsforecast model a StatsForecast* "
+    "adapter fits per series, fitted natively on the whole panel (forecasting/engines.py)",
     ("multiprocessing.forkserver", "_forkserver._forkserver_alive_fd"): "a job worker closes its copy of "
     "the forkserver's alive pipe, so the forkserver exits when the server does",
 }
@@ -102,3 +104,10 @@ def close_forkserver_alive_fd() -> None:
         with contextlib.suppress(OSError):
             os.close(alive)
         server._forkserver_alive_fd = None
+
+
+# ----------------------------------------------------------------------------- statsforecast twins
+def statsforecast_model(adapter: Any) -> Any:
+    """The statsforecast model object a sktime ``StatsForecast*`` adapter would fit per
+    series (its own class and validated parameters), for the whole-panel engine."""
+    return _get(adapter, "_instantiate_model")()

@@ -272,6 +272,12 @@ class ModelSpec(_Strict):
         "data), refit (refit on a private copy), none (refused); auto: probed at publish, state if it moves "
         "the forecast, else refit if it moves it within the refit budget, else none",
     )
+    engine: Literal["auto", "sktime", "statsforecast"] = Field(
+        default="sktime",
+        description="panels only: statsforecast fits the forecaster's statsforecast twin natively on the "
+        "whole panel (forecasting/engines.py); auto does so when the twin's numbers equal sktime's "
+        "(the StatsForecast* adapters); sktime vectorises per series",
+    )
 
     @field_validator("freq")
     @classmethod

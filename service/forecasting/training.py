@@ -15,6 +15,7 @@ import pandas as pd
 from service.datasets.sources import read_source
 from service.errors import InvalidInput, ServiceError
 from service.forecasting.chunked_fit import fit_in_chunks
+from service.forecasting.engines import StatsForecastPanel, statsforecast_twin
 from service.forecasting.progress import Cancelled, FitProgress, Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.specs import ModelSpec, read_spec
@@ -50,7 +51,9 @@ def fit_spec(
     table = canonical_table(training, schema, what="training data")
     y, x = to_sktime(table, schema)
     forecaster = spec.build_forecaster()
-    panel = parallel and y.index.nlevels > 1
+    if spec.engine != "sktime" and y.index.nlevels > 1:
+        forecaster = _engine_forecaster(spec, forecaster)
+    panel = parallel and y.index.nlevels > 1 and type(forecaster).__name__ != "StatsForecastPanel"
     on_dask = panel and on_dask_worker()
     if panel:  # per-series fits on the cluster (sktime's dask backend) inside a Dask job, else on all local cores
         backend = ("dask", {}) if on_dask else ("loky", {"n_jobs": -1})
@@ -69,6 +72,20 @@ def fit_spec(
     if panel:  # the published version predicts on the local cores, wherever it was fitted
         forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
+
+
+def _engine_forecaster(spec: ModelSpec, forecaster: Any) -> Any:
+    """The spec's forecaster on the statsforecast engine where ``engine`` asks for it."""
+    twin = statsforecast_twin(forecaster)
+    if twin is None:
+        if spec.engine == "statsforecast":
+            raise InvalidInput(
+                f"engine: {spec.forecaster.get('class')} has no statsforecast twin; use engine sktime or auto",
+                field="engine",
+            )
+        return forecaster
+    model, exact = twin
+    return StatsForecastPanel(model) if exact or spec.engine == "statsforecast" else forecaster
 
 
 def with_quiet_workers(forecaster: Any) -> Any:

@@ -135,3 +135,15 @@ def test_no_other_module_touches_a_private_name_of_sktime_or_multiprocessing() -
             ):
                 found.append(f"{where} from {node.module}")
     assert not found, found
+
+
+def test_statsforecast_adapter_has__instantiate_model() -> None:
+    from sktime.forecasting.statsforecast import StatsForecastAutoETS
+    from statsforecast.models import AutoETS
+
+    assert ("_GeneralisedStatsForecastAdapter", "_instantiate_model") in PRIVATE_NAMES
+    adapter = StatsForecastAutoETS(season_length=12, model="ZZN")
+    assert hasattr(adapter, "_instantiate_model"), "sktime StatsForecast adapters lost _instantiate_model"
+    model = sktime_internals.statsforecast_model(adapter)
+    assert isinstance(model, AutoETS)
+    assert (model.season_length, model.model) == (12, "ZZN")

@@ -161,6 +161,16 @@ def validate_request(
             capability="capability:pred_int",
             field="quantiles",
         )
+    probabilistic = [m for m in request.metrics if m in PROBABILISTIC_METRICS]
+    if probabilistic and y.index.nlevels > 1:
+        # sktime 1.2's evaluate hands a panel's intervals to its probabilistic metrics in a shape
+        # they refuse (TypeError): say so before a job is queued
+        raise InvalidInput(
+            f"metric(s) {probabilistic} are not available for backtests of a panel or hierarchy "
+            "(sktime 1.2's evaluate cannot score a panel's intervals); use point metrics",
+            field="metrics",
+            metrics=probabilistic,
+        )
     times = pd.Index(y.index.get_level_values(-1).unique()).sort_values()
     try:
         splits = list(request.splitter.build().split(pd.Series(np.zeros(len(times)), index=times)))

@@ -46,9 +46,13 @@ def read_body_file(runtime: Any, path: Path | bytes, content_type: str | None) -
     if size and kind in CSV_TYPES:
         with path.open("rb") as f:
             head = f.read(HEADER_PROBE)
+        if len(head) == HEADER_PROBE and b"\n" not in head and b"\r" not in head:
+            raise LimitExceeded(
+                f"the CSV header record is longer than {HEADER_PROBE} bytes", field="body", maximum=HEADER_PROBE
+            )
         check_columns(csv_header_width(head), "body", limits.max_columns)
-        try:
-            return pd.read_csv(path)
+        try:  # never more rows than the limit (+1 to tell): a huge file of tiny rows is refused, not parsed
+            return pd.read_csv(path, nrows=limits.max_rows + 1)
         except (ValueError, TypeError, pd.errors.ParserError) as exc:
             raise InvalidTable(f"the body cannot be read as {kind}: {exc}"[:500], field="body") from None
     if size and kind in PARQUET_TYPES:
@@ -124,7 +128,7 @@ def _limits(runtime: Any) -> TableLimits:
 def _check_rows(runtime: Any, frame: Any) -> None:
     limit = runtime.settings.max_upload_rows
     if len(frame) > limit:
-        raise LimitExceeded(f"the upload has {len(frame)} rows; at most {limit} (FORECAST_MAX_UPLOAD_ROWS)")
+        raise LimitExceeded(f"the upload has more than {limit} rows, the most allowed (FORECAST_MAX_UPLOAD_ROWS)")
 
 
 def upload(

@@ -75,14 +75,19 @@ class StatsForecastPanel(BaseForecaster):
         return pd.DataFrame({"unique_id": ids, "ds": ds, "y": y.iloc[:, 0].to_numpy(dtype=float)})
 
     def _fit(self, y: pd.DataFrame, X: Any = None, fh: Any = None) -> StatsForecastPanel:
+        return self._fit_with(y, self.n_jobs)
+
+    def _fit_with(self, y: pd.DataFrame, n_jobs: int) -> StatsForecastPanel:
         from statsforecast import StatsForecast
 
-        self.engine_ = StatsForecast(models=[self.model], freq=1, n_jobs=self.n_jobs).fit(self._long(y))
+        self.engine_ = StatsForecast(models=[self.model], freq=1, n_jobs=n_jobs).fit(self._long(y))
+        # predicts and live updates run in a server's threads: never fork a process pool there
+        self.engine_.n_jobs = 1
         return self
 
     def _update(self, y: pd.DataFrame, X: Any = None, update_params: bool = True) -> StatsForecastPanel:
-        # statsforecast 2.1.1 has no StatsForecast.forward: both modes refit on all data seen
-        return self._fit(sktime_internals.remembered_y(self))
+        # statsforecast 2.1.1 has no StatsForecast.forward: both modes refit on all data seen, in this process
+        return self._fit_with(sktime_internals.remembered_y(self), 1)
 
     def _steps(self, fh: Any) -> np.ndarray:
         steps = np.asarray(fh.to_relative(self.cutoff).to_numpy(), dtype=np.int64)

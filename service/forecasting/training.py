@@ -52,7 +52,13 @@ def fit_spec(
     y, x = to_sktime(table, schema)
     forecaster = spec.build_forecaster()
     if spec.engine != "sktime" and y.index.nlevels > 1:
-        forecaster = _engine_forecaster(spec, forecaster)
+        if x is not None and spec.engine == "statsforecast":
+            raise InvalidInput(
+                "engine: statsforecast takes no exogenous data (it would drop the regressors); use engine sktime",
+                field="engine",
+            )
+        if x is None:  # with exogenous data, auto keeps sktime: the engine would fit without the regressors
+            forecaster = _engine_forecaster(spec, forecaster)
     panel = parallel and y.index.nlevels > 1 and type(forecaster).__name__ != "StatsForecastPanel"
     on_dask = panel and on_dask_worker()
     if panel:  # per-series fits on the cluster (sktime's dask backend) inside a Dask job, else on all local cores

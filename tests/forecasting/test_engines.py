@@ -121,3 +121,31 @@ def test_engine_statsforecast_without_twin_names_engine() -> None:
     with pytest.raises(InvalidInput) as caught:
         fit_spec(spec("NaiveForecaster", {"strategy": "mean"}, "statsforecast"), long_table())
     assert "engine" in caught.value.detail
+
+
+def test_a_fitted_engine_never_forks_a_pool_where_it_serves() -> None:
+    """Predicts and live updates run in a server's threads: the pickled engine predicts in-process."""
+    reference, engine = both(StatsForecastAutoETS(season_length=12))
+    assert engine.engine_.n_jobs == 1
+    assert pickle.loads(pickle.dumps(engine)).engine_.n_jobs == 1
+    pd.testing.assert_frame_equal(engine.predict(), reference.predict(), rtol=1e-6)
+
+
+def test_exogenous_data_keeps_sktime_or_is_refused_for_the_engine() -> None:
+    """The engine takes no regressors: auto keeps sktime's adapter, statsforecast is refused naming engine."""
+    table = long_table()
+    table["promo"] = np.arange(len(table)) % 2
+
+    def with_x(engine: str):
+        raw = spec("StatsForecastAutoETS", {"season_length": 12}, engine)
+        return parse_model_spec(
+            {
+                **raw.model_dump(exclude_none=True),
+                "data": {**raw.data.model_dump(exclude_none=True), "exogenous": ["promo"]},
+            }
+        )
+
+    with pytest.raises(InvalidInput) as caught:
+        fit_spec(with_x("statsforecast"), table)
+    assert caught.value.extra["field"] == "engine"
+    assert isinstance(fit_spec(with_x("auto"), table).forecaster, StatsForecastAutoETS)

@@ -26,7 +26,7 @@ from tests.servers import read_response
 from .conftest import HOST, ServerProcess, copy_models
 
 PROBLEM_JSON = "application/problem+json"
-LIMIT = 1024 * 1024  # FORECAST_MAX_BODY_BYTES of the server under test
+LIMIT = 1024 * 1024  # FORECAST_MAX_BODY_BYTES (and FORECAST_MAX_UPLOAD_BYTES) of the server under test
 MB = 1024 * 1024
 
 
@@ -89,6 +89,8 @@ def limited(registry_path: Path) -> Iterator[TestClient]:
         max_horizon=24,
         max_series_per_request=3,
         max_rows_per_request=5,
+        max_upload_rows=5,
+        max_upload_bytes=LIMIT,
         scheduler=False,
     )
     with TestClient(create_app(settings)) as client:
@@ -163,6 +165,7 @@ def server(trained_registry_path: Path, tmp_path_factory: pytest.TempPathFactory
         registry,
         root / "server.log",
         FORECAST_MAX_BODY_BYTES=str(LIMIT),
+        FORECAST_MAX_UPLOAD_BYTES=str(LIMIT),
         FORECAST_LIVE_PREDICT_TIMEOUT="0.5",
         FORECAST_DATA_DIR=str(root / "data"),
         FORECAST_SCHEDULER="false",

@@ -161,7 +161,7 @@ def _registry(registry: Path | None, warn_missing: bool = True, sktime: bool = T
             f"the registry folder {Path(settings.registry).resolve()} does not exist "
             "(give --registry DIR or set FORECAST_REGISTRY)"
         )
-    return Registry(settings.registry, signing_key=settings.signing_key_bytes)
+    return Registry(settings.registry, signing_key=settings.signing_key_bytes, shard_series=settings.shard_series)
 
 
 def _data_dir(data_dir: Path | None, registry: Path | None = None) -> Path:
@@ -761,17 +761,15 @@ def _local_predict(
     alias: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The answer this registry's version gives, computed here as the server computes it."""
-    from service.forecasting.served import Limits, PredictQuery, ServedVersion
+    from service.forecasting.served import Limits, PredictQuery, load_served
+    from service.forecasting.shards import ShardCache
     from service.schemas.predict import normalize_series
     from service.tables import format_time
 
     settings = _settings(registry)
     reg = _registry(registry)
     number = reg.resolve(name, version=version, alias=alias)
-    artifact = reg.load(name, number)
-    served = ServedVersion(
-        name, number, artifact.manifest, artifact.forecaster, reg.read_precomputed(name, number, artifact.manifest)
-    )
+    served = load_served(reg, name, number, ShardCache(settings.shard_cache_bytes))
     query = PredictQuery(
         horizon=horizon,
         fh=tuple(steps) if steps is not None else None,
@@ -889,12 +887,13 @@ def _local_backtest(
     quantiles: str | None,
 ) -> dict[str, Any]:
     from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest, validate_request
+    from service.forecasting.shards import load_fitted
     from service.tables import Schema, to_sktime
 
     reg = _registry(registry)
     try:
         number = reg.resolve(name, version=version, alias=alias)
-        loaded = reg.load(name, number)
+        loaded = load_fitted(reg, name, number)
         schema = Schema.from_dict(loaded.manifest["schema"])
         y, x = to_sktime(reg.read_training(name, number, loaded.manifest), schema)
         request = BacktestRequest(

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 from service.datasets.store import DatasetStore
 from service.errors import AliasNotFound, ModelNotFound, NotReady, VersionLoadError
 from service.forecasting.served import Limits
+from service.forecasting.shards import ShardCache
 from service.jobs.context import WorkerContext
 from service.jobs.executors.local import LocalProcessExecutor
 from service.jobs.runner import JobExecutor, JobRunner
@@ -53,7 +54,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        registry = Registry(settings.registry, signing_key=settings.signing_key_bytes)
+        registry = Registry(
+            settings.registry, signing_key=settings.signing_key_bytes, shard_series=settings.shard_series
+        )
         metrics = Metrics()
         jobs = JobStore(settings.resolved_jobs_url)
         context = worker_context(settings, registry)
@@ -67,6 +70,7 @@ class Runtime:
                 extra_versions=settings.version_cache_size,
                 on_load=metrics.model_loaded,
                 on_forget=responses.forget,
+                shards=ShardCache(settings.shard_cache_bytes),
             ),
             responses=responses,
             executor=ThreadPoolExecutor(settings.live_predict_threads, thread_name_prefix="sktime"),
@@ -217,4 +221,5 @@ def worker_context(settings: Settings, registry: Registry) -> WorkerContext:
         sql_url=settings.sql_url,
         signing_key=settings.signing_key.get_secret_value() if settings.signing_key else None,
         sources_root=str(settings.sources_root.resolve()) if settings.sources_root else None,
+        shard_series=registry.shard_series,
     )

@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     max_upload_rows: int = Field(
         default=12_000_000, ge=1, description="Most rows in a dataset upload or append (100k series x 120 periods)"
     )
+    shard_series: int = Field(
+        default=1000,  # measured: see README "Panels at scale"
+        ge=0,
+        description="Series per shard of a panel of per-series models (0: one artifact); a live request "
+        "unpickles only the shards of its series",
+    )
+    shard_cache_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1,
+        description="Loaded shards kept in memory, by their artifact bytes (least recently used out first)",
+    )
     max_rows_per_request: int = Field(
         default=200_000, ge=1, description="Most rows in a request table (observations, exogenous)"
     )

@@ -144,3 +144,26 @@ def map_chunks(func: Any, chunks: list[tuple[Any, ...]], progress: Any = None) -
             if progress is not None:
                 progress(len(results), len(chunks))
     return [results[i] for i in range(len(chunks))]
+
+
+_SHARED: list[Any] = []  # what forked workers of `map_shared` read by position (inherited, never pickled)
+
+
+def _call_shared(func: Any, position: int, args: tuple[Any, ...]) -> Any:
+    return func(position, _SHARED[position], *args)
+
+
+def map_shared(func: Any, items: list[Any], args: tuple[Any, ...] = (), progress: Any = None) -> list[Any]:
+    """``func(position, item, *args)`` for every item on the workers, results in order. Forked
+    workers read the items from this process's memory (no pickling on the way in); loky's
+    fresh workers are sent them."""
+    global _SHARED
+    if len(items) < 2:
+        return [func(i, item, *args) for i, item in enumerate(items)]
+    if not can_fork():
+        return map_chunks(func, [(i, item, *args) for i, item in enumerate(items)], progress)
+    _SHARED = items
+    try:
+        return map_chunks(_call_shared, [(func, i, args) for i in range(len(items))], progress)
+    finally:
+        _SHARED = []

@@ -19,12 +19,15 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from service.errors import InvalidInput, ServiceError
 from service.fileio import sha256_bytes
 from service.forecasting.capabilities import probe_capabilities
+from service.forecasting.chunked_fit import map_shared
 from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, private_copy, run_forecast
+from service.forecasting.shards import SHARD_INDEX, index_table, shard_file, shardable, split
 from service.forecasting.sktime_internals import remembered_x, remembered_y
 from service.forecasting.specs import jsonable, qualified_name, read_spec
 from service.registry.store import (
@@ -35,6 +38,7 @@ from service.registry.store import (
     Registry,
     library_versions,
     validate_name,
+    write_staged_file,
 )
 from service.tables import (
     Schema,
@@ -70,6 +74,7 @@ class PublishRequest:
     observations: str = "auto"  # the spec's choice: auto | state | refit | none
     description: str | None = None  # what this version is, from whoever published it (CLI --description)
     tags: list[str] = field(default_factory=list)  # free labels (CLI --tag), shown in the model list
+    shard_series: int | None = None  # series per shard of a per-series panel (None: the registry's; 0: one artifact)
 
     def __post_init__(self) -> None:
         if self.description is not None and (not isinstance(self.description, str) or len(self.description) > 2000):
@@ -85,79 +90,129 @@ class PublishRequest:
 
 def publish_version(registry: Registry, name: str, forecaster: Any, request: PublishRequest) -> int:
     """Probe, precompute, describe, then hand the files to the store; returns the new
-    version's number (never exposes half a version)."""
+    version's number (never exposes half a version). A panel of per-series models with more
+    series than the registry's ``shard_series`` is written as shards, each pickled and
+    precomputed on a worker (`shards`)."""
     validate_name(name)
     if getattr(forecaster, "is_fitted", True) is False:
         raise InvalidInput("the forecaster is not fitted", model=name)
     schema = request.schema
-    artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
     training_x = remembered_x(forecaster)
     capabilities = probe_capabilities(forecaster, schema, training_x)
     series_count = len(request.training[list(schema.keys)].drop_duplicates()) if schema.keys else 1
     observations = probe_observations(forecaster, schema, request.observations, series_count, request.horizon)
     coverage = list(request.coverage) if capabilities["pred_int"]["available"] else []
     quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
-    precomputed = None
-    if request.precompute and not schema.exogenous:
-        # a private copy: predicting writes to the forecaster (sktime), the artifact must not change
-        precomputed = run_forecast(
-            private_copy(forecaster), schema, list(range(1, request.horizon + 1)), coverage, quantiles
-        )
-    cutoff = cutoff_of(forecaster)
-    table = request.training
-    times = table[schema.time]
-    series = table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
-    files: dict[str, bytes] = {ARTIFACT: artifact, TRAINING: _parquet_bytes(table, schema)}
-    if precomputed is not None:
-        files[FORECAST] = _parquet_bytes(precomputed, schema)
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "model": name,
-        "version": None,  # set under the lock
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "artifact": {
-            "file": ARTIFACT,
-            "format": "pickle",
-            "sha256": sha256_bytes(artifact),
-            "size": len(artifact),
-        },
-        "files": {n: {"sha256": sha256_bytes(b), "size": len(b)} for n, b in files.items()},
-        "forecaster": {
-            "class": qualified_name(forecaster),
-            "params": jsonable(forecaster.get_params(deep=False)) if hasattr(forecaster, "get_params") else {},
-        },
-        "spec": jsonable(dict(request.spec)) if request.spec is not None else None,
-        "schema": schema.to_dict(),
-        "kind": schema.kind,
-        "freq": schema.freq,
-        "cutoff": format_time(cutoff),
-        "horizon": int(request.horizon),
-        "series": {"keys": list(schema.keys), "count": max(len(series), 1), "ids": series},
-        "training": {
-            "file": TRAINING,
-            "fingerprint": fingerprint(table, schema),
-            "rows": len(table),
-            "start": format_time(times.min()),
-            "end": format_time(times.max()),
-            "source": jsonable(dict(request.source)) if request.source else None,
-            "dataset_version": request.dataset_version,
-        },
-        "precomputed": {
-            "file": FORECAST if precomputed is not None else None,
-            "horizon": int(request.horizon) if precomputed is not None else 0,
-            "coverage": coverage if precomputed is not None else [],
-            "quantiles": quantiles if precomputed is not None else [],
-        },
-        "capabilities": capabilities,
-        "observations": observations,
-        "libraries": library_versions(),
-        "job_id": request.job_id,
-        "fit_seconds": request.fit_seconds,
-        "metrics": jsonable(dict(request.metrics)) if request.metrics else {},
-        "description": request.description,
-        "tags": list(request.tags),
-    }
-    return registry.write_version(name, files, manifest)
+    precompute = request.precompute and not schema.exogenous
+    steps = list(range(1, request.horizon + 1))
+    per_shard = registry.shard_series if request.shard_series is None else request.shard_series
+    with registry.new_version(name) as staged:
+        if per_shard and shardable(forecaster) and len(forecaster.forecasters_) > per_shard:
+            parts = split(forecaster, per_shard)
+            written = map_shared(
+                _write_shard, parts, (str(staged.path), schema, steps, coverage, quantiles, precompute)
+            )
+            for number, (entry, _) in enumerate(written):
+                staged.add(shard_file(number), entry)
+            staged.write(SHARD_INDEX, index_table(parts, schema.keys))
+            tables = [table for _, table in written]
+            precomputed = pd.concat(tables, ignore_index=True) if precompute else None
+            artifact_entry: dict[str, Any] = {
+                "file": None,
+                "format": "pickle-shards",
+                "sha256": None,
+                "size": sum(int(entry["size"]) for entry, _ in written),
+            }
+            shards = {
+                "series_per_shard": per_shard,
+                "count": len(parts),
+                "index": SHARD_INDEX,
+                "files": [shard_file(n) for n in range(len(parts))],
+            }
+        else:
+            artifact = pickle.dumps(forecaster, protocol=pickle.HIGHEST_PROTOCOL)
+            staged.write(ARTIFACT, artifact)
+            artifact_entry = {
+                "file": ARTIFACT,
+                "format": "pickle",
+                "sha256": sha256_bytes(artifact),
+                "size": len(artifact),
+            }
+            shards = None
+            # a private copy: predicting writes to the forecaster (sktime), the artifact must not change
+            precomputed = (
+                run_forecast(private_copy(forecaster), schema, steps, coverage, quantiles) if precompute else None
+            )
+        cutoff = cutoff_of(forecaster)
+        table = request.training
+        times = table[schema.time]
+        series = table[list(schema.keys)].drop_duplicates().astype(str).to_numpy().tolist() if schema.keys else []
+        staged.write(TRAINING, _parquet_bytes(table, schema))
+        if precomputed is not None:
+            staged.write(FORECAST, _parquet_bytes(precomputed, schema))
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "model": name,
+            "version": None,  # set under the lock
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "artifact": artifact_entry,
+            "forecaster": {
+                "class": qualified_name(forecaster),
+                "params": jsonable(forecaster.get_params(deep=False)) if hasattr(forecaster, "get_params") else {},
+            },
+            "spec": jsonable(dict(request.spec)) if request.spec is not None else None,
+            "schema": schema.to_dict(),
+            "kind": schema.kind,
+            "freq": schema.freq,
+            "cutoff": format_time(cutoff),
+            "horizon": int(request.horizon),
+            "series": {"keys": list(schema.keys), "count": max(len(series), 1), "ids": series},
+            "training": {
+                "file": TRAINING,
+                "fingerprint": fingerprint(table, schema),
+                "rows": len(table),
+                "start": format_time(times.min()),
+                "end": format_time(times.max()),
+                "source": jsonable(dict(request.source)) if request.source else None,
+                "dataset_version": request.dataset_version,
+            },
+            "precomputed": {
+                "file": FORECAST if precomputed is not None else None,
+                "horizon": int(request.horizon) if precomputed is not None else 0,
+                "coverage": coverage if precomputed is not None else [],
+                "quantiles": quantiles if precomputed is not None else [],
+            },
+            "capabilities": capabilities,
+            "observations": observations,
+            "libraries": library_versions(),
+            "job_id": request.job_id,
+            "fit_seconds": request.fit_seconds,
+            "metrics": jsonable(dict(request.metrics)) if request.metrics else {},
+            "description": request.description,
+            "tags": list(request.tags),
+        }
+        if shards is not None:
+            manifest["shards"] = shards
+        return staged.commit(manifest)
+
+
+def _write_shard(
+    number: int,
+    shard: Any,
+    staging: str,
+    schema: Schema,
+    steps: list[int],
+    coverage: list[float],
+    quantiles: list[float],
+    precompute: bool,
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """On a worker: one shard pickled into the staging folder, then its default forecast."""
+    entry = write_staged_file(staging, shard_file(number), pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL))
+    if not precompute:
+        return entry, None
+    shard.set_config(**{"backend:parallel": None})  # this is a worker already; the file is written
+    with threadpool_limits(limits=1):
+        return entry, run_forecast(shard, schema, steps, coverage, quantiles)
 
 
 def _parquet_bytes(table: pd.DataFrame, schema: Schema) -> bytes:

@@ -17,6 +17,8 @@ from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, 
 from service.forecasting.capabilities import one_series
 from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
+from service.forecasting.shards import ShardCache, ShardedModel, is_sharded, series_key
+from service.registry.store import Registry, check_libraries
 from service.tables import (
     TOTAL,
     Schema,
@@ -128,15 +130,19 @@ class ServedVersion:
         manifest: Mapping[str, Any],
         forecaster: Any,
         precomputed: pd.DataFrame | None,
+        sharded: ShardedModel | None = None,
     ) -> None:
+        """``forecaster`` is the fitted model, or None for a sharded version (``sharded``
+        assembles forecasters for the series a live request names)."""
         self.name = name
         self.version = version
         self.manifest = dict(manifest)
         self.schema = Schema.from_dict(manifest["schema"])
         self.forecaster = forecaster
+        self.sharded = sharded
         self.lock = threading.Lock()
         self._pickled: bytes | None = None
-        self.cutoff = cutoff_of(forecaster)
+        self.cutoff = cutoff_of(forecaster) if sharded is None else self._manifest_cutoff()
         self.cutoff_text = format_time(self.cutoff)
         self.capabilities = manifest.get("capabilities", {})
         self._observations: dict[str, Any] | None = manifest.get("observations")
@@ -144,7 +150,7 @@ class ServedVersion:
         pre = manifest.get("precomputed") or {}
         if precomputed is None and not self.schema.exogenous:
             precomputed = run_forecast(
-                private_copy(forecaster),
+                private_copy(forecaster) if sharded is None else sharded.forecaster_for(None),
                 self.schema,
                 list(range(1, int(manifest.get("horizon", 1)) + 1)),
                 pre.get("coverage", []),
@@ -156,9 +162,16 @@ class ServedVersion:
             else None
         )
 
-    def _private_forecaster(self) -> Any:
+    def _manifest_cutoff(self) -> Any:
+        (cutoff,) = parse_times([self.manifest["cutoff"]], self.schema.freq, "cutoff")
+        return cutoff
+
+    def _private_forecaster(self, series: Sequence[tuple[str, ...]] | None = None) -> Any:
         """A copy a live request may update. Small models keep their pickle after the first
-        copy, so later copies only unpickle (the served model never mutates)."""
+        copy, so later copies only unpickle (the served model never mutates). A sharded
+        version's copy holds ``series`` only (all when None)."""
+        if self.sharded is not None:
+            return self.sharded.forecaster_for(series)
         pickled = self._pickled
         if pickled is None:
             with self.lock:  # copy while no live predict is writing to it
@@ -175,7 +188,11 @@ class ServedVersion:
         found = self._observations
         if found is None:  # probed on a private copy: live predicts on this version go on meanwhile
             found = probe_observations(
-                self._private_forecaster(), self.schema, "auto", max(len(self.series), 1), self.default_horizon
+                self._private_forecaster(self.series[:1]),
+                self.schema,
+                "auto",
+                max(len(self.series), 1),
+                self.default_horizon,
             )
             self._observations = found
         return found
@@ -310,14 +327,33 @@ class ServedVersion:
         names = self.output_columns(coverage, quantiles)
         if self.schema.exogenous:
             x = self._future_exogenous(query.exogenous, self.cutoff, steps, limits)
-            with self.lock:
-                table = run_forecast(self.forecaster, self.schema, steps, coverage, quantiles, x)
-            return Answer(self._finish(table, series, names), self.cutoff, fast=False)
+            return Answer(
+                self._finish(self._live(steps, coverage, quantiles, series, x), series, names), self.cutoff, fast=False
+            )
         if self.fast is not None and self.fast.covers(steps, coverage, quantiles):
             return Answer(self.fast.select(steps, series, names), self.cutoff, fast=True)
-        with self.lock:
-            table = run_forecast(self.forecaster, self.schema, steps, coverage, quantiles)
-        return Answer(self._finish(table, series, names), self.cutoff, fast=False)
+        return Answer(
+            self._finish(self._live(steps, coverage, quantiles, series), series, names), self.cutoff, fast=False
+        )
+
+    def _live(
+        self,
+        steps: list[int],
+        coverage: list[float],
+        quantiles: list[float],
+        series: tuple[tuple[str, ...], ...] | None,
+        x: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
+        """A forecast by sktime: on the shared model under its lock, or, for a sharded version,
+        on a forecaster of the asked series alone (assembled from their shards)."""
+        if self.sharded is None:
+            with self.lock:
+                return run_forecast(self.forecaster, self.schema, steps, coverage, quantiles, x)
+        private = self.sharded.forecaster_for(series)
+        if x is not None and series is not None:
+            instances = pd.MultiIndex.from_frame(x.index.to_frame(index=False)[list(self.schema.keys)].astype(str))
+            x = x[instances.isin(pd.MultiIndex.from_tuples(series))]
+        return run_forecast(private, self.schema, steps, coverage, quantiles, x)
 
     def _answer_with_observations(
         self, query: PredictQuery, series: tuple[tuple[str, ...], ...] | None, limits: Limits
@@ -362,10 +398,15 @@ class ServedVersion:
         steps = self._steps(query, new_cutoff, limits)
         x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
         coverage, quantiles = list(query.coverage), list(query.quantiles)
-        private = self._private_forecaster()
-        if unobserved:
-            table = self._with_own_forecasts(private, table, unobserved)
-        y_new, x_new = to_sktime(table, self.schema)
+        if self.sharded is None:
+            private = self._private_forecaster()
+            if unobserved:
+                table = self._with_own_forecasts(private, table, unobserved)
+            y_new, x_new = to_sktime(table, self.schema)
+        else:  # a forecaster of the observed series alone (with a hierarchy's aggregates, all nodes)
+            y_new, x_new = to_sktime(table, self.schema)
+            observed_nodes = [series_key(s) for s in y_new.index.droplevel(-1).unique()]
+            private = self._private_forecaster(observed_nodes)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -415,7 +456,11 @@ class ServedVersion:
                 field="observations",
                 missing_series=[list(m) for m in unobserved[:20]],
             )
-        if self._observation_mode() == "refit" and one_series(self.forecaster) is self.forecaster:
+        if (
+            self._observation_mode() == "refit"
+            and self.sharded is None
+            and one_series(self.forecaster) is self.forecaster
+        ):
             raise InvalidInput(
                 f"{self.name} is one model over all its series and is refitted with new actuals: 'observations' "
                 f"must bring the same new times for every series (missing {len(unobserved)} series, first "
@@ -495,3 +540,20 @@ class ServedVersion:
             keys = pd.MultiIndex.from_frame(table[list(self.schema.keys)].astype(str))
             table = table[keys.isin(pd.MultiIndex.from_tuples(series))]
         return wire_columns(table[names].reset_index(drop=True), self.schema)
+
+
+def load_served(registry: Registry, name: str, version: int, shard_cache: ShardCache) -> ServedVersion:
+    """A version ready to serve. A sharded one reads its manifest, shard index and precomputed
+    forecast and checks every shard's sha256, but unpickles no shard until a live request
+    needs it (into ``shard_cache``)."""
+    manifest = registry.verified_manifest(name, version)
+    if not is_sharded(manifest):
+        artifact = registry.load(name, version)
+        precomputed = registry.read_precomputed(name, version, artifact.manifest)
+        return ServedVersion(name, version, artifact.manifest, artifact.forecaster, precomputed)
+    check_libraries(manifest)
+    registry.verify_files(name, version, manifest, "shards/")  # one bad shard refuses the version now
+    keys = Schema.from_dict(manifest["schema"]).keys
+    sharded = ShardedModel(registry, name, version, manifest, shard_cache, keys)
+    precomputed = registry.read_precomputed(name, version, manifest)
+    return ServedVersion(name, version, manifest, None, precomputed, sharded=sharded)

@@ -21,7 +21,8 @@ PRIVATE_NAMES: dict[tuple[str, str], str] = {
     ("BaseForecaster", "_check_X_y"): "sktime's own input conversion before a chunked panel fit",
     ("BaseForecaster", "_update_y_X"): "remembering the whole panel after a chunked fit, as fit does",
     ("BaseForecaster", "_check_fh"): "setting fh after a chunked fit, as fit does",
-    ("BaseForecaster", "_is_vectorized"): "marking a chunk-fitted panel as vectorised, as fit does",
+    ("BaseForecaster", "_is_vectorized"): "marking a chunk-fitted panel as vectorised, as fit does; "
+    "telling a per-series panel (sharded versions) from a natively panel one",
     ("BaseForecaster", "_yvec"): "the VectorizedDF a vectorised fit keeps, as fit does",
     ("BaseForecaster", "_state"): "marking a chunk-fitted forecaster fitted, as fit does",
     ("ReconcilerForecaster", "_requires_residuals"): "refusing update strategies sktime 1.2 cannot run",
@@ -74,6 +75,11 @@ def convert_inputs(forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None) -> 
     """sktime's own conversion of (y, X) to its inner types: (X_inner, y_inner), the latter
     a `VectorizedDF` when the forecaster fits per series."""
     return _get(forecaster, "_check_X_y")(X=x, y=y)
+
+
+def is_vectorized(forecaster: Any) -> bool:
+    """Whether sktime fitted ``forecaster`` per series (its ``forecasters_`` are the models)."""
+    return bool(getattr(forecaster, "_is_vectorized", False))
 
 
 def finish_vectorized_fit(assembled: Any, y_inner: Any, x_inner: Any, fh: Any, forecasters: pd.DataFrame) -> Any:

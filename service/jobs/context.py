@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.registry.store import Registry
+from service.registry.store import SHARD_SERIES, Registry
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,11 @@ class WorkerContext:
     sql_url: str | None = None
     signing_key: str | None = None
     sources_root: str | None = None
+    shard_series: int = SHARD_SERIES
 
     def registry(self) -> Registry:
-        return Registry(self.registry_path, signing_key=self.signing_key.encode() if self.signing_key else None)
+        return Registry(
+            self.registry_path,
+            signing_key=self.signing_key.encode() if self.signing_key else None,
+            shard_series=self.shard_series,
+        )

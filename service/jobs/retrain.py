@@ -14,6 +14,7 @@ from service.errors import InvalidInput, ServiceError
 from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
 from service.forecasting.progress import Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
+from service.forecasting.shards import load_fitted
 from service.forecasting.specs import read_spec
 from service.forecasting.training import fit_spec, with_quiet_workers
 from service.registry.store import Registry
@@ -116,7 +117,7 @@ def retrain(
         scores["candidate_error"] = str(exc)[:500]
     if production_version is not None:
         try:
-            production = registry.load(name, production_version).forecaster
+            production = load_fitted(registry, name, production_version).forecaster
             # the same parallel backend as the candidate, so the comparison costs the same
             production.set_config(**{k: v for k, v in unfitted.get_config().items() if k.startswith("backend:")})
             production_result, _ = run_backtest(production, y, x, window, schema, chunked=True)

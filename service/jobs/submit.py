@@ -62,7 +62,7 @@ def submit_backtest(
         registry, datasets, served.name, served.version, served.manifest, dataset, dataset_version
     )
     y, _ = to_sktime(training, served.schema)
-    n_folds = validate_request(request, served.capabilities, y, served.forecaster)
+    n_folds = validate_request(request, served.capabilities, y, served.forecaster)  # None when sharded: per-series
     if request.series is not None:
         unknown = [list(s) for s in request.series if s not in set(served.series)]
         if unknown:

@@ -8,6 +8,7 @@ from typing import Any
 from service.datasets.store import DatasetStore
 from service.forecasting.backtest import BacktestRequest, run_backtest
 from service.forecasting.progress import Progress
+from service.forecasting.shards import load_fitted
 from service.forecasting.specs import allow_list
 from service.jobs.context import WorkerContext
 from service.jobs.retention import job_dir
@@ -21,7 +22,7 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
     registry = context.registry()
     version = int(job.params["version"])
     progress("loading", 0, None)
-    loaded = registry.load(job.model, version)
+    loaded = load_fitted(registry, job.model, version)
     schema = Schema.from_dict(loaded.manifest["schema"])
     training, data_ref = backtest_data(
         registry,

@@ -74,6 +74,7 @@ STAGING_PREFIX = ".staging-"
 DELETING_PREFIX = ".deleting-"
 TOMBSTONE = ".deleted"  # in an emptied versions/<n>/: the number stays taken
 MANIFEST_FORMAT = 1
+SHARD_SERIES = 1000  # series per shard of a panel version (`FORECAST_SHARD_SERIES`), chosen by measurement
 LIBRARIES = ("sktime", "scikit-learn", "xgboost", "lightgbm", "statsmodels", "pandas", "numpy", "scipy", "pyarrow")
 # other distributions of the same import package, same versions: xgboost-cpu is what we install
 # (the `xgboost` wheel bundles CUDA and, through nvidia-nccl-cu12, ~700 MB a CPU server never uses)
@@ -121,12 +122,50 @@ class LoadedArtifact:
     manifest: dict[str, Any]
 
 
+class StagedVersion:
+    """A version being written: files go in with `write` (or are written by workers into
+    ``path`` and declared with `add`), the manifest lists each with its sha256 and size."""
+
+    def __init__(self, registry: Registry, name: str, path: Path) -> None:
+        self.registry, self.name, self.path = registry, name, path
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def write(self, filename: str, data: bytes) -> dict[str, Any]:
+        entry = write_staged_file(self.path, filename, data)
+        self.files[filename] = entry
+        return entry
+
+    def add(self, filename: str, entry: Mapping[str, Any]) -> None:
+        """A file a worker wrote (with `write_staged_file`) into ``path``."""
+        self.files[filename] = {"sha256": entry["sha256"], "size": entry["size"]}
+
+    def commit(self, manifest: dict[str, Any]) -> int:
+        """Number, sign and rename into place; ``manifest['files']`` gets every file written."""
+        manifest["files"] = {**manifest.get("files", {}), **self.files}
+        return self.registry._commit(self.name, self.path, manifest)
+
+
+def write_staged_file(staging: Path | str, filename: str, data: bytes) -> dict[str, Any]:
+    """Write one file of a staged version (any process that sees the folder), fsync'd; returns
+    its manifest entry. ``filename`` is relative, at most one folder deep, no path tricks."""
+    parts = Path(filename).parts
+    if not 1 <= len(parts) <= 2 or any(not NAME_PATTERN.fullmatch(p) for p in parts):
+        raise InvalidName(f"invalid file name {filename!r} in a version", field="file")
+    path = Path(staging) / filename
+    path.parent.mkdir(exist_ok=True)
+    fsync_write(path, data)
+    return {"sha256": sha256_bytes(data), "size": len(data)}
+
+
 class Registry:
     """One registry folder. Safe for several threads and processes at once."""
 
-    def __init__(self, root: Path | str, signing_key: bytes | None = None) -> None:
+    def __init__(self, root: Path | str, signing_key: bytes | None = None, shard_series: int = SHARD_SERIES) -> None:
+        """``shard_series``: series per shard when a panel of per-series models is published
+        (0: always one artifact); the publisher decides what can be sharded."""
         self.root = Path(root).resolve()
         self.signing_key = signing_key
+        self.shard_series = int(shard_series)
         self._last_good_aliases: dict[str, dict[str, int]] = {}
         self._alias_seq: dict[str, int] = {}  # highest signed sequence seen per model: older files are replays
 
@@ -340,6 +379,17 @@ class Registry:
         """Write ``files`` and ``manifest.json`` (last) as the next version: staged, fsync'd,
         numbered and signed under the model's lock, renamed into place; returns its number.
         A reader never sees half a version."""
+        with self.new_version(name) as staged:
+            for filename, data in files.items():
+                staged.write(filename, data)
+            return staged.commit(manifest)
+
+    @contextlib.contextmanager
+    def new_version(self, name: str) -> Iterator[StagedVersion]:
+        """A staging folder for the next version: files are written into it (by this process or
+        by workers that share the folder, see `StagedVersion`), then `StagedVersion.commit`
+        numbers, signs and renames it into place. Leaving the block without a commit, or by an
+        exception, removes it; a staging folder whose writer died is removed on start."""
         validate_name(name)
         versions_dir = self.model_dir(name) / "versions"
         versions_dir.mkdir(parents=True, exist_ok=True)
@@ -348,25 +398,27 @@ class Registry:
         owner = open(staging / ".owner", "a+")  # noqa: SIM115 - held while we write: cleanup skips live stagings
         try:
             fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
-            for filename, data in files.items():
-                fsync_write(staging / filename, data)
-            with self._model_lock(name):
-                version = max([0, *self.list_versions(name), *self._reserved_numbers(versions_dir)]) + 1
-                manifest["version"] = version
-                if self.signing_key is not None:
-                    manifest["signature"] = {"alg": "HMAC-SHA256", "value": sign_manifest(manifest, self.signing_key)}
-                fsync_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-                (staging / ".owner").unlink()
-                fsync_dir(staging)
-                os.rename(staging, versions_dir / str(version))
-                fsync_dir(versions_dir)
-            log.info("published %s v%d", name, version)
-            return version
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            yield StagedVersion(self, name, staging)
         finally:
             owner.close()
+            shutil.rmtree(staging, ignore_errors=True)  # gone after a commit: renamed into place
+
+    def _commit(self, name: str, staging: Path, manifest: dict[str, Any]) -> int:
+        versions_dir = staging.parent
+        with self._model_lock(name):
+            version = max([0, *self.list_versions(name), *self._reserved_numbers(versions_dir)]) + 1
+            manifest["version"] = version
+            if self.signing_key is not None:
+                manifest["signature"] = {"alg": "HMAC-SHA256", "value": sign_manifest(manifest, self.signing_key)}
+            fsync_write(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+            (staging / ".owner").unlink()
+            for folder in {(staging / f).parent for f in manifest.get("files", {})} - {staging}:
+                fsync_dir(folder)
+            fsync_dir(staging)
+            os.rename(staging, versions_dir / str(version))
+            fsync_dir(versions_dir)
+        log.info("published %s v%d", name, version)
+        return version
 
     # ------------------------------------------------------------------ delete, retention
     def delete_version(self, name: str, version: int) -> None:
@@ -437,6 +489,28 @@ class Registry:
         return removed
 
     # ------------------------------------------------------------------ loading
+    def read_verified(self, name: str, version: int, filename: str, manifest: Mapping[str, Any]) -> bytes:
+        """A file the manifest lists, its size and sha256 checked."""
+        return self._read_verified(name, version, filename, manifest)
+
+    def verify_files(self, name: str, version: int, manifest: Mapping[str, Any], prefix: str) -> int:
+        """Check size and sha256 of every listed file under ``prefix`` (e.g. ``shards/``) without
+        keeping them; returns their total bytes. A version is refused whole for one bad file."""
+        total = 0
+        for filename in sorted(f for f in manifest.get("files", {}) if f.startswith(prefix)):
+            total += len(self._read_verified(name, version, filename, manifest))
+        return total
+
+    def load_object(self, name: str, version: int, filename: str, manifest: Mapping[str, Any]) -> Any:
+        """Unpickle a listed file after its size and sha256 are checked (the same bytes)."""
+        data = self._read_verified(name, version, filename, manifest)
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise VersionLoadError(
+                f"{name} v{version}: {filename} cannot be unpickled: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def _read_verified(self, name: str, version: int, filename: str, manifest: Mapping[str, Any]) -> bytes:
         entry = manifest.get("files", {}).get(filename)
         if entry is None:
@@ -458,15 +532,8 @@ class Registry:
         """Check the manifest's HMAC (with a signing key), read the artifact bytes once,
         check size and sha256, then unpickle those same bytes."""
         manifest = self.verified_manifest(name, version)
-        data = self._read_verified(name, version, ARTIFACT, manifest)
         check_libraries(manifest)
-        try:
-            forecaster = pickle.loads(data)
-        except Exception as exc:
-            raise VersionLoadError(
-                f"{name} v{version}: artifact cannot be unpickled: {type(exc).__name__}: {exc}"
-            ) from exc
-        return LoadedArtifact(forecaster=forecaster, manifest=manifest)
+        return LoadedArtifact(forecaster=self.load_object(name, version, ARTIFACT, manifest), manifest=manifest)
 
     def read_training(self, name: str, version: int, manifest: Mapping[str, Any] | None = None) -> pd.DataFrame:
         manifest = manifest or self.verified_manifest(name, version)

@@ -43,10 +43,13 @@ from service.errors import (
     VersionLoadError,
     VersionNotFound,
 )
-from service.forecasting.served import ServedVersion
+from service.forecasting.served import ServedVersion, load_served
+from service.forecasting.shards import ShardCache
 from service.registry.store import ALIASES, Registry
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_CACHE_BYTES = 256 * 2**20  # `FORECAST_SHARD_CACHE_BYTES`
 
 # what /readyz (open, no key) says: short categories, never an exception's text or a path
 LOADING = "loading"
@@ -118,10 +121,12 @@ class ModelCache:
         retry_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         on_forget: Callable[[str, int], None] | None = None,
+        shards: ShardCache | None = None,
     ) -> None:
         """A load that fails other than on integrity is tried again on the first poll
         ``retry_base`` seconds later, the wait doubling per failure up to ``retry_max``."""
         self.registry = registry
+        self.shards = shards if shards is not None else ShardCache(DEFAULT_SHARD_CACHE_BYTES)
         self.extra_versions = extra_versions
         self.retry_base = retry_base
         self.retry_max = retry_max
@@ -239,9 +244,7 @@ class ModelCache:
                 return current.loaded[version]
             started = time.perf_counter()
             try:
-                artifact = self.registry.load(name, version)
-                precomputed = self.registry.read_precomputed(name, version, artifact.manifest)
-                served = ServedVersion(name, version, artifact.manifest, artifact.forecaster, precomputed)
+                served = load_served(self.registry, name, version, self.shards)
             except ServiceError as exc:
                 self._on_load(name, version, time.perf_counter() - started, exc.detail)
                 raise
@@ -426,6 +429,7 @@ class ModelCache:
                 name: ModelState(name, versions, file_aliases, serving, loaded, failures, aliases_error, aliases_known),
             }
         for version in sorted(gone):
+            self.shards.forget(name, version)
             self._on_forget(name, version)
 
     def _read_aliases(

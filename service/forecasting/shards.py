@@ -1,0 +1,239 @@
+"""Sharded panel versions: a panel of per-series models stored as shards of series.
+
+sktime vectorises a forecaster that does not take panels natively: one fitted clone per
+series (``forecasters_``) behind one object. Such a version is written as consecutive
+groups of series, each an sktime forecaster fitted like the whole on its own series
+(``shards/00000.pkl``, ...), with ``shards.parquet`` mapping every series to its shard and
+row. A series' forecast depends only on its own model and history, so any subset of the
+series can be served by a forecaster assembled from the rows it names, with exactly the
+numbers of the whole (tests compare every output). Natively panel forecasters (a
+reconciler, a global reduction, the statsforecast engine) stay one artifact.
+
+Serving reads the manifest, the index and the precomputed forecast; a live request
+unpickles only the shards of the series it names, kept in a byte-bounded LRU
+(`ShardCache`) shared by the process's versions.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from service.errors import IntegrityError
+from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit, is_vectorized, remembered_x
+from service.forecasting.sktime_internals import remembered_y as _remembered_y
+from service.registry.store import LoadedArtifact, Registry, check_libraries
+
+SHARDS_DIR = "shards"
+SHARD_INDEX = "shards.parquet"
+DEFAULT_SHARD_SERIES = 1000
+SERIAL_BELOW = 64  # a live forecaster of fewer series predicts in-process (a pool costs more)
+
+SeriesKey = tuple[str, ...]
+
+
+def shard_file(number: int) -> str:
+    return f"{SHARDS_DIR}/{number:05d}.pkl"
+
+
+def shardable(forecaster: Any) -> bool:
+    """A fitted forecaster sktime vectorised over the series of a panel (one model each)."""
+    inner = getattr(forecaster, "forecasters_", None)
+    return isinstance(inner, pd.DataFrame) and len(inner) > 1 and is_vectorized(forecaster)
+
+
+def series_key(label: Any) -> SeriesKey:
+    """A ``forecasters_`` row label as the service names series (a tuple of strings)."""
+    return tuple(str(v) for v in label) if isinstance(label, tuple) else (str(label),)
+
+
+def split(forecaster: Any, series_per_shard: int) -> list[Any]:
+    """The fitted vectorised ``forecaster`` as shards of consecutive series, each fitted like
+    the whole on its own series (the per-series models are shared with it, not copied)."""
+    inner = forecaster.forecasters_
+    return [
+        _assemble(forecaster, [(forecaster, inner.iloc[start : start + series_per_shard])], copy=False)
+        for start in range(0, len(inner), series_per_shard)
+    ]
+
+
+def _rows_of(frame: pd.DataFrame | None, labels: pd.Index, levels: int) -> pd.DataFrame | None:
+    """The rows of a (series..., time) frame that belong to the series ``labels``."""
+    if frame is None:
+        return None
+    instances = frame.index.droplevel(list(range(levels, frame.index.nlevels)))
+    return frame[instances.isin(labels)]
+
+
+def _assemble(template: Any, parts: Sequence[tuple[Any, pd.DataFrame]], copy: bool) -> Any:
+    """A vectorised forecaster fitted on exactly the series of ``parts`` — (shard, rows of its
+    ``forecasters_``) in order — as `BaseForecaster.fit` leaves one; with ``copy`` its
+    per-series models are private copies (updating it never touches the shards)."""
+    inner = pd.concat([rows for _, rows in parts]) if len(parts) > 1 else parts[0][1]
+    if copy:
+        inner = pickle.loads(pickle.dumps(inner, protocol=pickle.HIGHEST_PROTOCOL))
+    levels = inner.index.nlevels
+    y = pd.concat([_rows_of(_remembered_y(s), rows.index, levels) for s, rows in parts])
+    xs = [_rows_of(remembered_x(s), rows.index, levels) for s, rows in parts]
+    x = None if any(part is None for part in xs) else pd.concat(xs)
+    with warnings.catch_warnings():  # sktime's FutureWarnings, once per clone
+        warnings.simplefilter("ignore")
+        assembled = template.clone()
+        x_inner, y_inner = convert_inputs(assembled, y, x)
+        return finish_vectorized_fit(assembled, y_inner, x_inner, template.fh, inner)
+
+
+def index_table(shards: Sequence[Any], keys: Sequence[str]) -> bytes:
+    """``shards.parquet``: every series (its key columns, as strings) with its shard and row."""
+    columns: dict[str, list[Any]] = {k: [] for k in keys}
+    numbers: list[int] = []
+    rows: list[int] = []
+    for number, shard in enumerate(shards):
+        for row, label in enumerate(shard.forecasters_.index):
+            for k, value in zip(keys, series_key(label), strict=True):
+                columns[k].append(value)
+            numbers.append(number)
+            rows.append(row)
+    table = pa.table(
+        {**{k: pa.array(v, pa.string()) for k, v in columns.items()}, "shard": numbers, "row": rows},
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def read_index(data: bytes, keys: Sequence[str]) -> dict[SeriesKey, tuple[int, int]]:
+    table = pq.read_table(io.BytesIO(data))
+    missing = [c for c in (*keys, "shard", "row") if c not in table.column_names]
+    if missing:
+        raise IntegrityError(f"{SHARD_INDEX} lacks column(s) {missing}")
+    names = zip(*(table.column(k).to_pylist() for k in keys), strict=True)
+    places = zip(table.column("shard").to_pylist(), table.column("row").to_pylist(), strict=True)
+    return dict(zip(names, places, strict=True))
+
+
+class ShardCache:
+    """Loaded shards of every version in this process, least recently used out first, bounded
+    by their artifact bytes (the pickled size the manifest lists). Thread-safe; one load per
+    shard at a time. ``loads`` counts what was unpickled (tests, metrics)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[tuple[str, int, int], tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int, int], threading.Lock] = {}
+        self.loads: list[tuple[str, int, int]] = []
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, int, int], size: int, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                found = self._entries.get(key)
+                if found is not None:
+                    return found[0]
+            shard = load()
+            with self._lock:
+                self.loads.append(key)
+                self._entries[key] = (shard, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes and len(self._entries) > 1:
+                    _, (_, dropped) = self._entries.popitem(last=False)
+                    self._bytes -= dropped
+                self._loading.pop(key, None)
+            return shard
+
+    def forget(self, name: str, version: int) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[:2] == (name, version)]:
+                self._bytes -= self._entries.pop(key)[1]
+
+
+class ShardedModel:
+    """A sharded version's forecaster: forecasters for any of its series, assembled from the
+    shards that hold them, each shard unpickled (verified) when first needed."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str,
+        version: int,
+        manifest: dict[str, Any],
+        cache: ShardCache,
+        keys: Sequence[str],
+    ) -> None:
+        self.registry, self.name, self.version, self.manifest, self.cache = registry, name, version, manifest, cache
+        section = manifest["shards"]
+        self.files: list[str] = list(section["files"])
+        self.index = read_index(registry.read_verified(name, version, section["index"], manifest), keys)
+        self.order = {key: position for position, key in enumerate(self.index)}  # the whole panel's row order
+
+    @property
+    def series(self) -> list[SeriesKey]:
+        return list(self.index)
+
+    def shard(self, number: int) -> Any:
+        filename = self.files[number]
+        size = int(self.manifest["files"][filename]["size"])
+        return self.cache.get(
+            (self.name, self.version, number),
+            size,
+            lambda: self.registry.load_object(self.name, self.version, filename, self.manifest),
+        )
+
+    def forecaster_for(self, series: Iterable[SeriesKey] | None = None) -> Any:
+        """A private fitted forecaster over ``series`` (all when None), in the panel's order."""
+        wanted = self.series if series is None else sorted(set(series), key=self.order.__getitem__)
+        rows: dict[int, list[int]] = {}
+        for key in wanted:
+            number, row = self.index[key]
+            rows.setdefault(number, []).append(row)
+        shards = {n: self.shard(n) for n in sorted(rows)}
+        parts = [(shards[n], shards[n].forecasters_.iloc[r]) for n, r in sorted(rows.items())]
+        assembled = _assemble(parts[0][0], parts, copy=True)
+        if len(wanted) < SERIAL_BELOW:
+            assembled.set_config(**{"backend:parallel": None})
+        return assembled
+
+    def whole(self) -> Any:
+        """Every shard joined into one forecaster (backtests, gate comparisons)."""
+        shards = [self.shard(n) for n in range(len(self.files))]
+        return _assemble(shards[0], [(s, s.forecasters_) for s in shards], copy=False)
+
+
+def is_sharded(manifest: dict[str, Any]) -> bool:
+    return bool((manifest.get("shards") or {}).get("files"))
+
+
+def load_fitted(registry: Registry, name: str, version: int) -> LoadedArtifact:
+    """The whole fitted forecaster of a version, sharded or not (backtests, the retrain gate)."""
+    manifest = registry.verified_manifest(name, version)
+    if not is_sharded(manifest):
+        return registry.load(name, version)
+    check_libraries(manifest)
+    from service.tables import Schema
+
+    keys = Schema.from_dict(manifest["schema"]).keys
+    model = ShardedModel(registry, name, version, manifest, ShardCache(max_bytes=2**62), keys)
+    return LoadedArtifact(forecaster=model.whole(), manifest=manifest)

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from service.forecasting.progress import FitProgress
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit
-from service.processes import die_with_parent
+from service.processes import die_with_parent, on_dask_worker
 
 CHUNKS_PER_CORE = 4  # smaller chunks even out the cores' finish times and report progress more often
 
@@ -136,6 +136,8 @@ def series_chunks(forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None) -> l
 def map_chunks(func: Any, chunks: list[tuple[Any, ...]], progress: Any = None) -> list[Any]:
     """``func(*chunk)`` for every chunk on the workers, results in chunk order; ``progress(done,
     total)`` after each chunk (it may raise to cancel: chunks not started are dropped)."""
+    if on_dask_worker():
+        return _map_on_cluster(func, chunks, progress)
     results: dict[int, Any] = {}
     with _workers() as pool:
         futures = {pool.submit(func, *chunk): i for i, chunk in enumerate(chunks)}
@@ -160,10 +162,32 @@ def map_shared(func: Any, items: list[Any], args: tuple[Any, ...] = (), progress
     global _SHARED
     if len(items) < 2:
         return [func(i, item, *args) for i, item in enumerate(items)]
-    if not can_fork():
+    if not can_fork() or on_dask_worker():  # loky's workers, or the cluster's, are sent the items
         return map_chunks(func, [(i, item, *args) for i, item in enumerate(items)], progress)
     _SHARED = items
     try:
         return map_chunks(_call_shared, [(func, i, args) for i in range(len(items))], progress)
     finally:
         _SHARED = []
+
+
+def _map_on_cluster(func: Any, chunks: list[tuple[Any, ...]], progress: Any = None) -> list[Any]:
+    """`map_chunks` inside a Dask task: one task per chunk on the cluster's workers, this
+    task seceded from its worker's pool while it waits; a failure or a cancel (``progress``
+    raising) cancels the tasks not finished."""
+    from distributed import as_completed as completed
+    from distributed import worker_client
+
+    with worker_client() as client:
+        futures = [client.submit(func, *chunk, pure=False) for chunk in chunks]
+        position = {future.key: i for i, future in enumerate(futures)}
+        results: dict[int, Any] = {}
+        try:
+            for future in completed(futures):
+                results[position[future.key]] = future.result()
+                if progress is not None:
+                    progress(len(results), len(chunks))
+        except BaseException:
+            client.cancel(futures)
+            raise
+    return [results[i] for i in range(len(chunks))]

@@ -142,7 +142,7 @@ class StagedVersion:
     def commit(self, manifest: dict[str, Any]) -> int:
         """Number, sign and rename into place; ``manifest['files']`` gets every file written."""
         manifest["files"] = {**manifest.get("files", {}), **self.files}
-        return self.registry._commit(self.name, self.path, manifest)
+        return self.registry.commit_staged(self.name, self.path, manifest)
 
 
 def write_staged_file(staging: Path | str, filename: str, data: bytes) -> dict[str, Any]:
@@ -403,7 +403,8 @@ class Registry:
             owner.close()
             shutil.rmtree(staging, ignore_errors=True)  # gone after a commit: renamed into place
 
-    def _commit(self, name: str, staging: Path, manifest: dict[str, Any]) -> int:
+    def commit_staged(self, name: str, staging: Path, manifest: dict[str, Any]) -> int:
+        """Number, sign and rename a staged folder into place (see `new_version`)."""
         versions_dir = staging.parent
         with self._model_lock(name):
             version = max([0, *self.list_versions(name), *self._reserved_numbers(versions_dir)]) + 1

@@ -117,3 +117,36 @@ def statsforecast_model(adapter: Any) -> Any:
     """The statsforecast model object a sktime ``StatsForecast*`` adapter would fit per
     series (its own class and validated parameters), for the whole-panel engine."""
     return _get(adapter, "_instantiate_model")()
+
+
+# ----------------------------------------------------------------------------- fast global reduction
+PRIVATE_NAMES[("_BaseWindowForecaster", "_cur_y")] = (
+    "the target data a reduction's recursive predict reads (forecasting/reduction.py reads the same)"
+)
+PRIVATE_NAMES[("_BaseWindowForecaster", "_cur_X")] = "the exogenous data a reduction's recursive predict reads"
+
+
+def window_data(forecaster: Any) -> Any:
+    """The target data a fitted sktime window forecaster (a reduction) predicts from: what
+    it was fitted on plus every update since."""
+    return _get(forecaster, "_cur_y")
+
+
+def window_exogenous(forecaster: Any) -> Any:
+    """The exogenous data a fitted sktime window forecaster predicts from (None if none)."""
+    return _get(forecaster, "_cur_X")
+
+
+def adopt_fitted(wrapper: Any, fitted: Any, fh: Any) -> Any:
+    """What `BaseForecaster.fit` does around its ``_fit``, for a wrapper (``forecaster_``)
+    around ``fitted``, an already fitted forecaster: the wrapper takes its data, cutoff
+    and horizon and is fitted without fitting anything again."""
+    if not hasattr(wrapper, "_state"):
+        raise _missing(wrapper, "_state")
+    x_inner, y_inner = convert_inputs(wrapper, remembered_y(fitted), remembered_x(fitted))
+    _get(wrapper, "_update_y_X")(y_inner, x_inner)
+    _get(wrapper, "_check_fh")(fh)
+    wrapper._is_vectorized = False
+    wrapper.forecaster_ = fitted
+    wrapper._state = "fitted"
+    return wrapper

@@ -18,6 +18,7 @@ from service.forecasting.chunked_fit import fit_in_chunks
 from service.forecasting.engines import StatsForecastPanel, statsforecast_twin
 from service.forecasting.progress import Cancelled, FitProgress, Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
+from service.forecasting.reduction import fast_reduction
 from service.forecasting.specs import ModelSpec, read_spec
 from service.observability import quiet_sktime_warnings
 from service.processes import on_dask_worker, seceded
@@ -77,6 +78,7 @@ def fit_spec(
             raise InvalidInput(f"fitting {spec.forecaster.get('class')} failed: {type(exc).__name__}: {exc}") from exc
     if panel:  # the published version predicts on the local cores, wherever it was fitted
         forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
+    forecaster = fast_reduction(forecaster)  # a global recursive reduction predicts the whole panel at once
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing.forkserver
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,47 @@ def test_statsforecast_adapter_has__instantiate_model() -> None:
     model = sktime_internals.statsforecast_model(adapter)
     assert isinstance(model, AutoETS)
     assert (model.season_length, model.model) == (12, "ZZN")
+
+
+def _global_reduction(x: pd.DataFrame | None = None) -> Any:
+    from sklearn.linear_model import LinearRegression
+    from sktime.forecasting.compose import make_reduction
+
+    forecaster = make_reduction(LinearRegression(), strategy="recursive", pooling="global", window_length=3)
+    return forecaster.fit(panel(), X=x, fh=[1, 2])
+
+
+@pytest.mark.parametrize("name", ["_cur_y", "_cur_X"])
+def test_window_forecaster_has(name: str) -> None:
+    """forecasting/reduction.py reads the data a reduction's recursive predict reads."""
+    assert ("_BaseWindowForecaster", name) in PRIVATE_NAMES
+    assert hasattr(_global_reduction(), name), f"sktime's window forecasters no longer keep {name}"
+
+
+def test_window_data_is_what_the_reduction_predicts_from() -> None:
+    x = pd.DataFrame({"promo": np.arange(36, dtype=float) % 2}, index=panel().index)
+    forecaster = _global_reduction()
+    pd.testing.assert_frame_equal(sktime_internals.window_data(forecaster), panel())
+    assert sktime_internals.window_exogenous(forecaster) is None
+    pd.testing.assert_frame_equal(sktime_internals.window_exogenous(_global_reduction(x)), x)
+    later = pd.DataFrame(
+        {"y": [100.0, 200.0, 300.0]},
+        index=pd.MultiIndex.from_product([["a", "b", "c"], [pd.Period("2021-01", "M")]], names=["series", "month"]),
+    )
+    forecaster.update(later, update_params=False)
+    assert len(sktime_internals.window_data(forecaster)) == 39  # an update extends it
+    with pytest.raises(InternalsChanged, match="_cur_y"):
+        sktime_internals.window_data(NaiveForecaster())
+
+
+def test_adopt_fitted_makes_a_wrapper_fitted_as_fit_would() -> None:
+    from service.forecasting.reduction import FastGlobalReduction
+
+    fitted = _global_reduction()
+    wrapper = FastGlobalReduction(fitted.clone())
+    sktime_internals.adopt_fitted(wrapper, fitted, fitted.fh)
+    refitted = FastGlobalReduction(fitted.clone()).fit(panel(), fh=[1, 2])
+    assert wrapper.is_fitted and wrapper.forecaster_ is fitted
+    assert wrapper.cutoff.equals(refitted.cutoff)
+    pd.testing.assert_frame_equal(sktime_internals.remembered_y(wrapper), sktime_internals.remembered_y(refitted))
+    pd.testing.assert_frame_equal(wrapper.predict(), refitted.predict())

@@ -40,7 +40,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy service
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check service tests bench

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -37,6 +38,49 @@ COVERAGE = [0.8, 0.95]
 STAGES = ("fit", "precompute", "pickle", "unpickle")
 PAPER_SERIES = 1_000_000
 PAPER_WORKERS = (1, 8, 32, 128)
+
+_SERVED_CHILD = """
+import gc, json, os, statistics, sys, time, warnings
+warnings.simplefilter("ignore")
+import numpy as np, pandas as pd
+import sktime.forecasting.base
+from service.forecasting.served import Limits, PredictQuery, load_served
+from service.forecasting.shards import ShardCache
+from service.registry.store import Registry
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def p50(call, repeats):
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter(); call(); times.append(time.perf_counter() - started)
+    return statistics.median(times)
+root, single_root, next_value = sys.argv[1], sys.argv[2], float(sys.argv[3])
+gc.collect(); before = resident()
+started = time.perf_counter()
+served = load_served(Registry(root), "panel", 1, ShardCache(256 * 2**20))
+ready = time.perf_counter() - started
+gc.collect(); rss = resident() - before
+limits = Limits(max_series=100_000)
+rng = np.random.default_rng(0)
+subsets = [tuple(served.series[i] for i in rng.choice(len(served.series), 10, replace=False)) for _ in range(50)]
+it = iter(subsets * 4)
+fast = p50(lambda: served.answer(PredictQuery(series=next(it), coverage=(0.8,)), limits), 200)
+cutoff = served.cutoff
+one = served.series[len(served.series) // 2]
+obs = pd.DataFrame({"series": [one[0]], "month": [cutoff + 1], "y": [next_value]})
+query = PredictQuery(observations=obs, horizon=12)
+started = time.perf_counter(); served.answer(query, limits); first_live = time.perf_counter() - started
+live = p50(lambda: served.answer(query, limits), 20)
+single = load_served(Registry(single_root), "single", 1, ShardCache(2**30))
+obs_single = pd.DataFrame({"month": [cutoff + 1], "y": [next_value]})
+single_query = PredictQuery(observations=obs_single, horizon=12)
+single.answer(single_query, limits)
+live_single = p50(lambda: single.answer(single_query, limits), 20)
+print(json.dumps({"ready_seconds": ready, "resident_bytes": rss, "fast_10_series_p50_ms": 1000 * fast,
+    "live_observations_1_series_first_ms": 1000 * first_live, "live_observations_1_series_p50_ms": 1000 * live,
+    "single_series_model_observations_p50_ms": 1000 * live_single, "shards_loaded": len(served.sharded.cache.loads)}))
+"""
 
 _RSS_CHILD = """
 import gc, os, pickle, sys
@@ -93,6 +137,7 @@ def measure_size(series: int, length: int, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     artifact = pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)
     seconds["pickle"] = time.perf_counter() - started
+    artifact_bytes = len(artifact)
     started = time.perf_counter()
     pickle.loads(artifact)
     seconds["unpickle"] = time.perf_counter() - started
@@ -100,6 +145,9 @@ def measure_size(series: int, length: int, workdir: Path) -> dict[str, Any]:
     path.write_bytes(artifact)
     memory = resident_bytes(path)
     path.unlink()
+    del artifact
+    sharded = measure_sharded(fitted, table, schema, workdir / f"sharded-{series}")
+    seconds["sharded_publish"] = sharded.pop("publish_seconds")
     native = time_statsforecast(table)
     if native is not None:
         seconds["statsforecast_fit"] = native["fit"]
@@ -109,14 +157,54 @@ def measure_size(series: int, length: int, workdir: Path) -> dict[str, Any]:
         "length": length,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
         "per_series_ms": {k: round(v, 4) for k, v in per_series_ms.items()},
-        "artifact_bytes": len(artifact),
-        "artifact_bytes_per_series": round(len(artifact) / series, 1),
+        "artifact_bytes": artifact_bytes,
+        "artifact_bytes_per_series": round(artifact_bytes / series, 1),
+        "sharded": sharded,
         "resident_bytes": memory,
         "resident_bytes_per_series": round(memory / series, 1),
         "fit_vs_statsforecast": (
             round(seconds["fit"] / seconds["statsforecast_fit"], 3) if seconds.get("statsforecast_fit") else None
         ),
     }
+
+
+def measure_sharded(fitted: Any, table: Any, schema: Any, root: Path) -> dict[str, Any]:
+    """The same fitted panel published as shards (parallel pickle + precompute per shard), then
+    served by a fresh process: ready time, resident bytes, fast path and live `observations`
+    for one series against a single-series model's same request."""
+    from sktime.forecasting.theta import ThetaForecaster
+
+    from service.forecasting.publishing import PublishRequest, publish_version
+    from service.registry.store import SHARD_SERIES, Registry
+    from service.tables import Schema, canonical_table, to_sktime
+
+    table = canonical_table(table, schema, what="bench panel")
+    request = PublishRequest(training=table, schema=schema, horizon=HORIZON, coverage=COVERAGE)
+    series = len(fitted.forecasters_)
+    per_shard = int(os.environ.get("BENCH_SHARD_SERIES", 0)) or min(SHARD_SERIES, max(series // 4, 1))
+    started = time.perf_counter()
+    publish_version(Registry(root, shard_series=per_shard), "panel", fitted, request)
+    publish = time.perf_counter() - started
+    single_schema = Schema("single", (), "month", ("y",), (), "M")
+    first = table[table["series"] == table["series"].iloc[0]].drop(columns="series").reset_index(drop=True)
+    one = canonical_table(first, single_schema, what="one series")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        single = ThetaForecaster(sp=12).fit(to_sktime(one, single_schema)[0], fh=list(range(1, HORIZON + 1)))
+    single_request = PublishRequest(training=one, schema=single_schema, horizon=HORIZON, coverage=COVERAGE)
+    publish_version(Registry(root.with_name(root.name + "-single")), "single", single, single_request)
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVED_CHILD, str(root), str(root.with_name(root.name + "-single")), "123.0"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    served = json.loads(out.stdout.strip().splitlines()[-1])
+    served["live_vs_single_series"] = round(
+        served["live_observations_1_series_p50_ms"] / served["single_series_model_observations_p50_ms"], 3
+    )
+    return {"publish_seconds": publish, "series_per_shard": per_shard, **served}
 
 
 def on_paper(sizes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -236,6 +236,12 @@ class PromotionSpec(_Strict):
     policy: Literal["auto", "always", "never"] = "auto"
     metric: str = "MASE"
     tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    gate_series: int = Field(
+        default=1000,
+        ge=0,
+        description="a panel with more series is gated on this many of them, a fixed random sample "
+        "(the same for candidate and production); 0: every series. Hierarchies are gated whole",
+    )
 
 
 class ModelSpec(_Strict):

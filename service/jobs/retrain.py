@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
+
 from service.datasets.sources import read_source
 from service.datasets.store import DatasetStore, Roles
 from service.errors import InvalidInput, ServiceError
@@ -106,12 +109,13 @@ def retrain(
     fit_seconds, n_series = fitted.fit_seconds, fitted.series_count
     say("fitting", n_series, n_series)
 
+    gate_y, gate_x, sampled = gate_sample(y, x, schema.kind, spec.promotion.gate_series)
     window = BacktestRequest(SplitterSpec("folds", horizon=spec.horizon, folds=params.gate_folds), "refit", (metric,))
     production_version = registry.read_aliases(name).get("production")
     scores: dict[str, Any] = {"metric": metric, "candidate": None, "production": None}
     say("comparing", 0, 2 if production_version else 1)
     try:
-        candidate_result, _ = run_backtest(unfitted, y, x, window, schema, chunked=True)
+        candidate_result, _ = run_backtest(unfitted, gate_y, gate_x, window, schema, chunked=True)
         scores["candidate"] = candidate_result["aggregate"][metric]
     except (ServiceError, ValueError) as exc:
         scores["candidate_error"] = str(exc)[:500]
@@ -120,7 +124,7 @@ def retrain(
             production = load_fitted(registry, name, production_version).forecaster
             # the same parallel backend as the candidate, so the comparison costs the same
             production.set_config(**{k: v for k, v in unfitted.get_config().items() if k.startswith("backend:")})
-            production_result, _ = run_backtest(production, y, x, window, schema, chunked=True)
+            production_result, _ = run_backtest(production, gate_y, gate_x, window, schema, chunked=True)
             scores["production"] = production_result["aggregate"][metric]
         except ServiceError as exc:
             scores["production_error"] = exc.detail[:500]
@@ -171,7 +175,14 @@ def retrain(
         "model": name,
         "version": version,
         "data": data_ref,
-        "gate": {"policy": policy, "metric": metric, "tolerance": tolerance, "window_folds": params.gate_folds},
+        "gate": {
+            "policy": policy,
+            "metric": metric,
+            "tolerance": tolerance,
+            "window_folds": params.gate_folds,
+            "series": sampled or n_series,
+            "sampled": sampled is not None,
+        },
         "metrics": {"candidate": scores["candidate"], "production": scores["production"]},
         "production_version_before": production_version,
         "promoted": promote,
@@ -183,6 +194,23 @@ def retrain(
         "fit_seconds": fit_seconds,
         "series": n_series,
     }
+
+
+def gate_sample(
+    y: pd.DataFrame, x: pd.DataFrame | None, kind: str, limit: int
+) -> tuple[pd.DataFrame, pd.DataFrame | None, int | None]:
+    """The gate's data: a panel with more than ``limit`` series keeps a fixed random sample of
+    them (seeded, in the panel's order), the same for candidate and production; the sample's
+    size, or None when the gate sees every series."""
+    if kind != "panel" or not limit or y.index.nlevels < 2:
+        return y, x, None
+    series = y.index.droplevel(-1).unique()
+    if len(series) <= limit:
+        return y, x, None
+    chosen = series[np.sort(np.random.default_rng(0).choice(len(series), limit, replace=False))]
+    keep = y.index.droplevel(-1).isin(chosen)
+    x_kept = x[x.index.droplevel(-1).isin(chosen)] if x is not None else None
+    return y[keep], x_kept, limit
 
 
 def missing_capabilities(

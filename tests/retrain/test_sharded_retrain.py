@@ -18,10 +18,13 @@ from fastapi.testclient import TestClient
 from sktime.forecasting.theta import ThetaForecaster
 
 from service.app import create_app
+from service.forecasting.backtest import BacktestRequest, SplitterSpec, run_backtest
+from service.jobs.retrain import gate_sample
+from service.tables import Schema
 from tests.conftest import make_settings, wait_ready
 from tests.retrain.test_retrain_http import wait_job
 
-SERIES, LENGTH, PER_SHARD = 23, 60, 5
+SERIES, LENGTH, PER_SHARD, GATE_SERIES = 23, 60, 5, 8
 
 
 def panel() -> pd.DataFrame:
@@ -78,6 +81,7 @@ def test_a_retrained_panel_is_sharded_and_serves_sktimes_numbers(client: TestCli
         "horizon": 12,
         "coverage": [0.9],
         "forecaster": {"class": "ThetaForecaster", "params": {"sp": 12}},
+        "promotion": {"gate_series": GATE_SERIES},
     }
     assert client.put("/v1/models/shops", json=spec).status_code in (200, 201)
     first = retrain(client)
@@ -125,6 +129,17 @@ def test_a_retrained_panel_is_sharded_and_serves_sktimes_numbers(client: TestCli
     second = retrain(client)  # the gate backtests the sharded production version too
     assert second["result"]["metrics"]["production"] is not None, second["result"]
     assert "production_error" not in second["result"]
+    # the gate saw a fixed sample of 8 series: its score is sktime's backtest on those series
+    gate = second["result"]["gate"]
+    assert gate["series"] == GATE_SERIES and gate["sampled"] is True
+    y = table.set_index(["shop", "month"])[["sales"]]
+    sample, _, size = gate_sample(y, None, "panel", GATE_SERIES)
+    assert size == GATE_SERIES and sample.index.droplevel(-1).nunique() == GATE_SERIES
+    assert gate_sample(y, None, "panel", GATE_SERIES)[0].equals(sample)  # the same sample every time
+    window = BacktestRequest(SplitterSpec("folds", horizon=12, folds=gate["window_folds"]), "refit", ("MASE",))
+    schema = Schema("panel", ("shop",), "month", ("sales",), (), "M")
+    direct, _ = run_backtest(ThetaForecaster(sp=12), sample, None, window, schema)
+    assert second["result"]["metrics"]["candidate"] == pytest.approx(direct["aggregate"]["MASE"], rel=1e-7)
 
     response = client.post(
         "/v1/models/shops/backtests", json={"splitter": {"type": "folds", "folds": 2, "horizon": 6}, "metrics": ["MAE"]}

@@ -21,7 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (registry, server logs)")
     parser.add_argument(
-        "--only", choices=["all", "predict", "retrain", "scale"], default="all", help="which benchmarks to run"
+        "--only",
+        choices=["all", "predict", "varied", "retrain", "scale"],
+        default="all",
+        help="which benchmarks to run (varied: predict bodies varying per request vs the floor)",
     )
     return parser.parse_args(argv)
 
@@ -32,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     if args.only in ("all", "predict"):
         run_benchmark(profile, args.out, generator=args.generator, keep=args.keep)
+    if args.only in ("all", "varied"):
+        from bench.varied import run_varied_benchmark
+
+        run_varied_benchmark(profile, args.out, generator=args.generator, keep=args.keep)
     if args.only in ("all", "retrain"):
         run_retrain_into(args.out, repeats=1 if profile.name == "quick" else 3)
     if args.only == "scale" or (args.only == "all" and profile.name == "full"):

@@ -37,12 +37,31 @@ end
 """
 
 
+WRK_BODIES_SCRIPT = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {{}}
+for line in io.lines([==[{bodies}]==]) do
+  if #line > 0 then bodies[#bodies + 1] = line end
+end
+local sent = 0
+request = function()
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, bodies[(sent % #bodies) + 1])
+end
+"""
+"""The head of a wrk script sending a different body per request (JSON lines, in turn);
+`WRK_SCRIPT`'s counting and result line follow it."""
+
+
 @dataclass(frozen=True)
 class Target:
-    """One request, repeated: POST ``body`` to ``url``."""
+    """One request, repeated: POST ``body`` to ``url``; or, with ``bodies`` (a file of JSON
+    lines, one body each), a different body per request, in turn."""
 
     url: str
     body: bytes
+    bodies: Path | None = None
 
 
 @dataclass
@@ -128,10 +147,13 @@ def run_wrk(
 ) -> LoadResult:
     """One wrk run; wrk counts whole seconds, so ``duration`` is rounded up to one at least."""
     body = target.body.decode()
-    if "]==]" in body:
+    if "]==]" in body or "]==]" in str(target.bodies):
         raise ValueError("the request body cannot be embedded in the Lua script")
     script = workdir / f"wrk-{abs(hash((target, concurrency))) % 10**8}.lua"
-    script.write_text(WRK_SCRIPT.format(body=body, max_requests=max_requests, mark=RESULT_MARK))
+    text = WRK_SCRIPT.format(body=body, max_requests=max_requests, mark=RESULT_MARK)
+    if target.bodies is not None:  # the same counting and result line, a request function in front
+        text = WRK_BODIES_SCRIPT.format(bodies=target.bodies.resolve()) + text.split("\n", 3)[3]
+    script.write_text(text)
     command = wrk_command(target, concurrency, duration, script, timeout)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=duration + timeout + 30)
     if completed.returncode != 0:
@@ -145,6 +167,7 @@ def run_httpx(
     """One run of the httpx generator in its own process."""
     body_file = workdir / f"body-{abs(hash(target.body)) % 10**8}.json"
     body_file.write_bytes(target.body)
+    bodies = ["--bodies", str(target.bodies)] if target.bodies is not None else []
     command = [
         sys.executable,
         "-m",
@@ -152,6 +175,7 @@ def run_httpx(
         target.url,
         "--body",
         str(body_file),
+        *bodies,
         "--concurrency",
         str(concurrency),
         "--duration",

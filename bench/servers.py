@@ -82,14 +82,22 @@ def wait_ready(server: Server, timeout: float = 180.0) -> None:
     raise RuntimeError(f"server {server.name} not ready after {timeout:g}s:\n{server.log_tail()}")
 
 
-def start_service(name: str, registry: Path, workdir: Path, response_cache_bytes: int | None = None) -> Server:
-    """Our app on ``registry`` (not yet waited for)."""
+def start_service(
+    name: str, registry: Path, workdir: Path, response_cache_bytes: int | None = None, log: bool = False
+) -> Server:
+    """Our app on ``registry`` (not yet waited for); ``log``: logging as the CLI sets it up."""
     args = ["service", "--registry", str(registry)]
     if response_cache_bytes is not None:
         args += ["--response-cache-bytes", str(response_cache_bytes)]
+    if log:
+        args.append("--log")
     return spawn(name, args, workdir)
 
 
-def start_floor(name: str, payload: Path, path: str, workdir: Path) -> Server:
-    """The bare FastAPI floor returning ``payload`` on POST ``path`` (not yet waited for)."""
-    return spawn(name, ["floor", "--payload", str(payload), "--path", path], workdir)
+def start_floor(name: str, payload: Path, path: str, workdir: Path, answers: Path | None = None) -> Server:
+    """The bare FastAPI floor returning ``payload`` on POST ``path`` (with ``answers``: each
+    body's own answer) (not yet waited for)."""
+    args = ["floor", "--payload", str(payload), "--path", path]
+    if answers is not None:
+        args += ["--answers", str(answers)]
+    return spawn(name, args, workdir)

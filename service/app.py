@@ -19,7 +19,7 @@ from service.api.routes import backtests, datasets, forecasters, health, jobs, m
 from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
-from service.observability import RequestObserver, quiet_sktime_warnings
+from service.observability import RequestObserver, access_log_queue, quiet_sktime_warnings
 from service.runtime import Runtime
 from service.serving.fastlane import PredictFastLane
 from service.settings import Settings
@@ -70,9 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     )
                 )
             )
+        if settings.access_log:
+            access_log_queue.start()  # access lines are written by a thread, not the event loop
         try:
             yield
         finally:
+            if settings.access_log:
+                access_log_queue.stop()  # the requests are over: every line is written now
             runtime.stop.set()
             runtime.runner.wake()
             # running jobs first: they must never be left `running` (marked interrupted)
@@ -106,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys=runtime.keys,
         metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
+        limits=runtime.limits,
     )
     app.add_middleware(
         BodyLimits,

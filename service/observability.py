@@ -4,14 +4,19 @@ One pure ASGI middleware times every request, gives it an ``X-Request-ID`` (echo
 the client sends a sane one), logs one JSON line (request id, method, route, status,
 duration, model, version — never headers or bodies) and feeds the latency histogram. A
 client that disconnects before the response starts is counted as status 499, not 500.
+While an app runs (its lifespan), access records are made, formatted and written by a
+listener thread (`AccessLogQueue`), not on the event loop: the loop only queues their fields.
 Library warnings are log records too (`route_warnings`): one line each, once per kind.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import sys
 import threading
@@ -110,7 +115,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = request_id_var.get()
+        # taken along by a queued record (formatted on the listener thread), else the context's
+        request_id = record.__dict__.get("request_id") or request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
         for key, value in record.__dict__.items():
@@ -136,6 +142,102 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
     route_warnings()
 
 
+class _Batches:
+    """The access log's queue: a deque the event loop appends to (no lock, no wake-up) and the
+    listener drains every `FLUSH_SECONDS`. A `queue.Queue` wakes the listener per record: one
+    GIL hand-over per request, which cost more throughput than writing the line on the loop."""
+
+    FLUSH_SECONDS = 0.005  # short batches: the listener never holds the GIL for long at a time
+
+    def __init__(self) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+
+    def put_nowait(self, item: Any) -> None:
+        self.items.append(item)
+
+    def get(self, block: bool = True) -> Any:
+        while True:
+            try:
+                return self.items.popleft()
+            except IndexError:
+                if not block:
+                    raise queue.Empty from None
+                time.sleep(self.FLUSH_SECONDS)
+
+
+class _Write(logging.Handler):
+    """On the listener thread: a queued access entry becomes the record `logging` would have
+    made on the loop (its time, thread and request id), handled by the access logger as usual
+    (its filters and handlers, then its ancestors')."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def handle(self, record: Any) -> bool:  # type: ignore[override]
+        created, thread, thread_name, request_id, extra = record
+        made = self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, "request", (), None, extra=extra)
+        made.created, made.msecs = created, (created - int(created)) * 1000
+        made.thread, made.threadName, made.request_id = thread, thread_name, request_id
+        self.logger.handle(made)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - `handle` does the work
+        self.handle(record)
+
+
+class AccessLogQueue:
+    """The access log off the event loop: while started, `RequestObserver` appends each
+    request's fields to a queue (no LogRecord, no handler, no lock on the loop) and a
+    `QueueListener` thread makes the records and hands them to the access logger (formatting
+    and writing there). A `QueueHandler` would still build and handle the record on the loop:
+    that was half of what the access log cost. Started and stopped with an app's lifespan;
+    apps running at once in one process share it (counted); `stop` writes what is queued
+    before it returns."""
+
+    def __init__(self, logger: logging.Logger = access_log) -> None:
+        self.logger = logger
+        self._lock = threading.Lock()
+        self._users = 0
+        self._queue: _Batches | None = None
+        self._listener: logging.handlers.QueueListener | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._queue is not None
+
+    def log(self, extra: dict[str, Any]) -> None:
+        """One access line: queued while running, else logged here and now."""
+        records = self._queue
+        if records is None:
+            self.logger.info("request", extra=extra)
+            return
+        thread = threading.current_thread()
+        records.put_nowait((time.time(), thread.ident, thread.name, request_id_var.get(), extra))
+
+    def start(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            records = _Batches()
+            self._listener = logging.handlers.QueueListener(records, _Write(self.logger))
+            self._listener.start()
+            self._queue = records
+
+    def stop(self) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._listener is None:
+                return
+            self._queue = None  # lines from now on are written where they are logged
+            self._listener.stop()  # writes every queued line, then the thread ends
+            self._listener = None
+
+
+access_log_queue = AccessLogQueue()
+
+
 def _formatter(json_lines: bool) -> logging.Formatter:
     return JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -143,17 +245,20 @@ def _formatter(json_lines: bool) -> logging.Formatter:
 class RequestObserver:
     """Request id, one access log line and the latency histogram for every HTTP request."""
 
+    TIMERS = 4096  # histogram children kept (route, method, status): a label lookup per request costs more
+
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self._timers: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         status = 500
@@ -185,18 +290,24 @@ class RequestObserver:
             state = scope.get("state") or {}
             # the matched route's template; the fast lane names the route it answers for
             route = getattr(scope.get("route"), "path", None) or state.get("route") or "unmatched"
-            self.metrics.request_seconds.labels(route, scope["method"], str(status)).observe(duration)
-            if self.access_log:
-                access_log.info(
-                    "request",
-                    extra={
+            timer = self._timers.get((route, scope["method"], status))
+            if timer is None:
+                if len(self._timers) >= self.TIMERS:
+                    self._timers.clear()
+                timer = self._timers[(route, scope["method"], status)] = self.metrics.request_seconds.labels(
+                    route, scope["method"], str(status)
+                )
+            timer.observe(duration)
+            if self.access_log and access_log.isEnabledFor(logging.INFO):
+                access_log_queue.log(
+                    {
                         "method": scope["method"],
                         "route": route,
                         "status": status,
                         "duration_ms": round(duration * 1000, 3),
                         "model": state.get("model"),
                         "version": state.get("version"),
-                    },
+                    }
                 )
             request_id_var.reset(token)
 

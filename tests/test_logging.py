@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -260,3 +261,76 @@ def test_server_log_is_json_lines_through_training_a_panel_retrain_and_predicts(
 def test_server_log_is_json_lines_through_a_per_series_panel_retrain(tmp_path: Path) -> None:
     log = run_server_through(tmp_path, {"panel": per_series_panel(series=6, length=36)}, retrain="panel")
     assert_json_lines_with_each_warning_kind_once(log, tolerate_resource_tracker=True)
+
+
+# ----------------------------------------------------------------------------- the access log's thread
+class _Seen(logging.Handler):
+    """Records as a root handler receives them, with the thread that handled them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((threading.current_thread().name, json.loads(self.format(record))))
+
+
+def test_access_lines_are_written_off_the_event_loop_with_their_request_id(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.observability import access_log, access_log_queue
+    from tests.conftest import make_settings
+
+    (tmp_path / "models").mkdir()
+    seen = _Seen()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(seen)
+    root.setLevel(logging.INFO)
+    try:
+        with TestClient(create_app(make_settings(tmp_path / "models", scheduler=False))) as client:
+            assert access_log_queue.running
+            loop_thread = client.portal.call(lambda: threading.current_thread().name)  # type: ignore[union-attr]
+            for n in range(20):
+                assert client.get("/healthz", headers={"X-Request-ID": f"req-{n}"}).status_code == 200
+        assert not access_log_queue.running  # stopped with the lifespan
+        assert access_log.handlers == [] and access_log.propagate
+    finally:
+        root.removeHandler(seen)
+        root.setLevel(level)
+    access = [(thread, line) for thread, line in seen.lines if line["logger"] == "service.access"]
+    assert [line["request_id"] for _, line in access] == [f"req-{n}" for n in range(20)]  # all, in order
+    assert all(line["route"] == "/healthz" and line["status"] == 200 for _, line in access)
+    assert loop_thread not in {thread for thread, _ in access}  # formatted and written by the listener
+
+
+def test_without_a_running_app_access_lines_are_written_where_they_are_logged() -> None:
+    from service.observability import AccessLogQueue, request_id_var
+
+    logger = logging.getLogger("service.access.test")
+    seen = _Seen()
+    logger.parent.addHandler(seen)  # type: ignore[union-attr]
+    logger.setLevel(logging.INFO)
+    queued = AccessLogQueue(logger)
+    try:
+        for n, step in enumerate(["before", "start", "start", "stop", "stop", "after"]):
+            if step in ("start", "stop"):
+                getattr(queued, step)()  # a second app in the same process shares it
+            token = request_id_var.set(f"rid-{n}")
+            queued.log({"step": step, "running": queued.running})
+            request_id_var.reset(token)
+    finally:
+        logger.parent.removeHandler(seen)  # type: ignore[union-attr]
+    here = threading.current_thread().name
+    lines = [(line["step"], line["running"], line["request_id"], thread == here) for thread, line in seen.lines]
+    assert lines == [
+        ("before", False, "rid-0", True),
+        ("start", True, "rid-1", False),
+        ("start", True, "rid-2", False),
+        ("stop", True, "rid-3", False),  # one app still runs
+        ("stop", False, "rid-4", True),
+        ("after", False, "rid-5", True),
+    ]
+    assert all(line["message"] == "request" and line["logger"] == "service.access.test" for _, line in seen.lines)

@@ -119,6 +119,38 @@ def time_service_retrain(server: Server, timeout: float = 1800.0) -> dict[str, f
     return {"job_wall": wall, "fit": float(job["result"]["fit_seconds"])}
 
 
+def restart_figures(root: Path, workdir: Path) -> dict[str, float]:
+    """A fresh server on the registry the retrain wrote: seconds to ready (every production
+    version loaded) and its resident bytes then."""
+    started = time.perf_counter()
+    server = start_service("restarted_service", root, workdir)
+    try:
+        wait_ready(server, timeout=600.0)
+        ready = time.perf_counter() - started
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    finally:
+        server.stop()
+    return {"ready_seconds": round(ready, 3), "resident_bytes": rss_kb * 1024}
+
+
+def run_service_only(workdir: Path, series: int, length: int = 120) -> dict[str, Any]:
+    """The retrain job twice (the second one gates against the first) and a restart, without
+    the sktime baselines: for sizes where those take too long."""
+    root = workdir / "retrain-registry"
+    write_model(root, series, length)
+    server = start_service("retrain_service", root, workdir)
+    jobs = []
+    try:
+        wait_ready(server)
+        for repeat in range(2):
+            say(f"service retrain {repeat + 1}/2 of {series} series")
+            jobs.append(time_service_retrain(server, timeout=7200.0))
+    finally:
+        server.stop()
+    return {"series": series, "length": length, "jobs": jobs, "restart": restart_figures(root, workdir)}
+
+
 def run_retrain_benchmark(workdir: Path, series: int = 1000, length: int = 120, repeats: int = 1) -> dict[str, Any]:
     """Every figure ``repeats`` times (interleaved); medians, and ratios per repeat."""
     root = workdir / "retrain-registry"
@@ -194,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--service-only", action="store_true", help="two retrain jobs and a restart, no baselines")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as folder:
-        results = run_retrain_benchmark(Path(folder), args.series, repeats=args.repeats)
-    print(format_retrain(results))
+        if args.service_only:
+            results = run_service_only(Path(folder), args.series)
+            print(json.dumps(results, indent=2))
+        else:
+            results = run_retrain_benchmark(Path(folder), args.series, repeats=args.repeats)
+            print(format_retrain(results))
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

@@ -56,6 +56,7 @@ DEFERRED: dict[tuple[str, str], str] = {
             "service.forecasting.backtest",
             "service.forecasting.publishing",
             "service.forecasting.served",
+            "service.forecasting.shards",
             "service.forecasting.training",
             "service.jobs.executors.local",
             "service.jobs.runner",

@@ -32,6 +32,7 @@ from service.errors import IntegrityError
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit, is_vectorized, remembered_x
 from service.forecasting.sktime_internals import remembered_y as _remembered_y
 from service.registry.store import LoadedArtifact, Registry, check_libraries
+from service.tables import Schema
 
 SHARDS_DIR = "shards"
 SHARD_INDEX = "shards.parquet"
@@ -232,8 +233,6 @@ def load_fitted(registry: Registry, name: str, version: int) -> LoadedArtifact:
     if not is_sharded(manifest):
         return registry.load(name, version)
     check_libraries(manifest)
-    from service.tables import Schema
-
     keys = Schema.from_dict(manifest["schema"]).keys
     model = ShardedModel(registry, name, version, manifest, ShardCache(max_bytes=2**62), keys)
     return LoadedArtifact(forecaster=model.whole(), manifest=manifest)

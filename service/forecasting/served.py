@@ -94,6 +94,13 @@ class FastTable:
         self._by_series = np.argsort(self.series_codes, kind="stable")
         bounds = np.searchsorted(self.series_codes[self._by_series], np.arange(len(self.series_ids) + 1))
         self._starts, self._stops = bounds[:-1], bounds[1:]
+        # A table laid out as published (each series' steps 1..horizon in consecutive rows): a
+        # series' rows are its first row plus step - 1, no search needed.
+        self._first_rows: np.ndarray | None = None
+        if len(self.steps) and len(self.steps) == len(self.series_ids) * self.horizon:
+            first_rows = self._by_series[self._starts]
+            if np.array_equal(first_rows[self.series_codes] + self.steps - 1, np.arange(len(self.steps))):
+                self._first_rows = first_rows
 
     def covers(self, steps: Sequence[int], coverage: Sequence[float], quantiles: Sequence[float]) -> bool:
         return (
@@ -111,6 +118,9 @@ class FastTable:
             wanted_steps = np.asarray(steps, dtype="int64")
             if series is None:
                 rows = np.flatnonzero(np.isin(self.steps, wanted_steps))
+            elif self._first_rows is not None:  # table order: series by first row, steps ascending
+                firsts = np.sort(self._first_rows[[self.series_ids[s] for s in series]])
+                rows = (firsts[:, None] + (np.unique(wanted_steps) - 1)[None, :]).ravel()
             else:
                 codes = [self.series_ids[s] for s in series]
                 parts = [self._by_series[self._starts[c] : self._stops[c]] for c in codes]
@@ -147,6 +157,7 @@ class ServedVersion:
         self.capabilities = manifest.get("capabilities", {})
         self._observations: dict[str, Any] | None = manifest.get("observations")
         self.series = self._series_ids()
+        self._known_series = frozenset(self.series)
         pre = manifest.get("precomputed") or {}
         if precomputed is None and not self.schema.exogenous:
             precomputed = run_forecast(
@@ -251,7 +262,7 @@ class ServedVersion:
             raise LimitExceeded(f"{len(query.series)} series requested; at most {limits.max_series}", field="series")
         if not self.schema.keys:
             raise InvalidInput(f"{self.name} forecasts a single series; drop 'series'", field="series")
-        known = set(self.series)
+        known = self._known_series
         depth = len(self.schema.keys)
         for s in query.series:
             if len(s) != depth:

@@ -16,6 +16,7 @@ from service.api import openapi, problems
 from service.api.compression import GzipLargeAnswers
 from service.api.limits import BodyLimits
 from service.api.routes import backtests, datasets, forecasters, health, jobs, models, predict
+from service.api.uploads import sweep_spools
 from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import train_missing
 from service.jobs.scheduler import run_scheduler
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.stop.clear()
         await asyncio.to_thread(runtime.registry.cleanup_staging)
+        await asyncio.to_thread(sweep_spools, runtime)
         initial = asyncio.create_task(asyncio.to_thread(prepare, runtime))
         watcher = asyncio.create_task(runtime.cache.watch(settings.poll_interval, runtime.stop))
         runner = asyncio.create_task(runtime.runner.run(runtime.stop))

@@ -3,6 +3,9 @@ frequency, validate, store a version."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from service.tables import (
     resolve_freq,
 )
 
+log = logging.getLogger(__name__)
+
 CSV_TYPES = ("text/csv", "application/csv")
 HEADER_PROBE = 8 * 2**20  # bytes of a CSV file read for its header check
 
@@ -32,6 +37,25 @@ def tmp_dir(runtime: Any) -> Path:
     folder = Path(runtime.datasets.root) / ".tmp"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+SPOOL_PATTERN = "upload-*.body"
+SPOOL_MAX_AGE = 3600.0  # seconds: older spools belong to no live upload (a body pauses at most FORECAST_BODY_TIMEOUT)
+
+
+def sweep_spools(runtime: Any, max_age: float = SPOOL_MAX_AGE) -> list[Path]:
+    """Remove upload bodies left in the tmp area by a process that died mid-upload (a crash
+    skips the ``finally`` that removes them); recent ones may be another replica's upload."""
+    removed = []
+    cutoff = time.time() - max_age
+    for path in tmp_dir(runtime).glob(SPOOL_PATTERN):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+    if removed:
+        log.warning("removed %d upload spool file(s) left by an interrupted upload", len(removed))
+    return removed
 
 
 def read_body_file(runtime: Any, path: Path | bytes, content_type: str | None) -> pd.DataFrame:

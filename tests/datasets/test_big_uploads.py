@@ -4,6 +4,8 @@ not the predict-sized FORECAST_MAX_BODY_BYTES."""
 from __future__ import annotations
 
 import io
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,19 @@ def test_over_the_upload_limit_is_413_and_keeps_the_version(tmp_path: Path) -> N
         assert files_of(client, "d") == before
         body = problem(client.post("/v1/predict/x", content=b"{" + b" " * 11 * 2**20 + b"}"), 413)
         assert "FORECAST_MAX_BODY_BYTES" in body["detail"]
+
+
+def test_spools_left_by_a_dead_upload_are_removed_on_start(tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    registry.mkdir()
+    settings = make_settings(registry)
+    spools = settings.data_dir / "datasets" / ".tmp"
+    spools.mkdir(parents=True)
+    stale, recent, other = spools / "upload-dead.body", spools / "upload-live.body", spools / "notes.txt"
+    for path in (stale, recent, other):
+        path.write_bytes(b"key,month,y\n")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))  # a crash two hours ago
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+    assert not stale.exists()
+    assert recent.exists() and other.exists()  # maybe another replica's upload; not ours to touch

@@ -16,9 +16,8 @@ from service.forecasting import plots
 from service.forecasting.served import Answer, Limits, PredictQuery, ServedVersion
 from service.runtime import Runtime
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series, parse_body
-from service.serving.fastlane import ARROW, CSV, JSON, negotiate
+from service.serving.fastlane import ARROW, CSV, answer_headers, encode_forecast, negotiate
 from service.serving.responses import CachedAnswer
-from service.tables import encode_arrow, encode_csv, encode_json, format_time, json_columns
 
 OBSERVATIONS_HEADER = "X-Observations-Mode"
 """How a forecast with ``observations`` took them: ``state`` (fixed parameters, new data) or
@@ -108,21 +107,8 @@ async def predict(name: Annotated[str, Path(examples=["airline"])], body: Predic
     media = negotiate(request.headers.get("accept"))
     answer = await _answer(runtime, served, body, len(await request.body()))
     runtime.metrics.fast_path.labels(name, "fast" if answer.fast else "live").inc()
-    cutoff = served.cutoff_text if answer.cutoff is served.cutoff else format_time(answer.cutoff)
-    if media == JSON:
-        payload = encode_json(
-            {
-                "model": name,
-                "version": served.version,
-                "cutoff": cutoff,
-                "freq": served.freq,
-                "forecast": json_columns(answer.columns),
-                **({"observations_mode": answer.observations_mode} if answer.observations_mode else {}),
-            }
-        )
-    else:
-        payload = encode_arrow(answer.columns) if media == ARROW else encode_csv(answer.columns)
-    headers = _headers(served, cutoff)
+    payload, cutoff = encode_forecast(name, served, answer, media)
+    headers = answer_headers(served, cutoff)
     if answer.observations_mode:
         headers[OBSERVATIONS_HEADER] = answer.observations_mode
     response = Response(payload, media_type=media, headers=headers)
@@ -151,10 +137,6 @@ async def _answer(runtime: Runtime, served: ServedVersion, body: PredictRequest,
 
 def _convert_and_answer(served: ServedVersion, body: PredictRequest, limits: Limits, max_columns: int) -> Answer:
     return served.answer(body.to_query(served.schema.keys, max_columns), limits)
-
-
-def _headers(served: ServedVersion, cutoff: str | int) -> dict[str, str]:
-    return {"X-Model": served.name, "X-Model-Version": str(served.version), "X-Cutoff": str(cutoff)}
 
 
 @router.get(

@@ -148,9 +148,11 @@ class _Batches:
     GIL hand-over per request, which cost more throughput than writing the line on the loop."""
 
     FLUSH_SECONDS = 0.005  # short batches: the listener never holds the GIL for long at a time
+    MAX_QUEUED = 100_000
 
     def __init__(self) -> None:
-        self.items: collections.deque[Any] = collections.deque()
+        # bounded: a stalled log sink drops the oldest lines instead of growing without end
+        self.items: collections.deque[Any] = collections.deque(maxlen=self.MAX_QUEUED)
 
     def put_nowait(self, item: Any) -> None:
         self.items.append(item)
@@ -176,10 +178,13 @@ class _Write(logging.Handler):
 
     def handle(self, record: Any) -> bool:  # type: ignore[override]
         created, thread, thread_name, request_id, extra = record
-        made = self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, "request", (), None, extra=extra)
-        made.created, made.msecs = created, (created - int(created)) * 1000
-        made.thread, made.threadName, made.request_id = thread, thread_name, request_id
-        self.logger.handle(made)
+        try:
+            made = self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, "request", (), None, extra=extra)
+            made.created, made.msecs = created, (created - int(created)) * 1000
+            made.thread, made.threadName, made.request_id = thread, thread_name, request_id
+            self.logger.handle(made)
+        except Exception:  # one bad line must not end the listener (every later line would be lost)
+            logging.getLogger(__name__).exception("an access log line could not be written")
         return True
 
     def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - `handle` does the work

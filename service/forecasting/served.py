@@ -17,7 +17,7 @@ from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, 
 from service.forecasting.capabilities import one_series
 from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
-from service.forecasting.shards import ShardCache, ShardedModel, is_sharded, series_key
+from service.forecasting.shards import ShardCache, ShardedModel, is_sharded, series_keys, shard_rows
 from service.registry.store import Registry, check_libraries
 from service.tables import (
     TOTAL,
@@ -161,7 +161,7 @@ class ServedVersion:
         pre = manifest.get("precomputed") or {}
         if precomputed is None and not self.schema.exogenous:
             precomputed = run_forecast(
-                private_copy(forecaster) if sharded is None else sharded.forecaster_for(None),
+                private_copy(forecaster) if sharded is None else sharded.forecaster_for(None),  # rare: an old publish
                 self.schema,
                 list(range(1, int(manifest.get("horizon", 1)) + 1)),
                 pre.get("coverage", []),
@@ -360,8 +360,15 @@ class ServedVersion:
         if self.sharded is None:
             with self.lock:
                 return run_forecast(self.forecaster, self.schema, steps, coverage, quantiles, x)
+        if series is None:  # every series: shard by shard on the shared shards, never a copy of all
+            with self.lock:
+                tables = [
+                    run_forecast(shard, self.schema, steps, coverage, quantiles, shard_rows(x, shard))
+                    for shard in self.sharded.each_shard()
+                ]
+            return pd.concat(tables, ignore_index=True)
         private = self.sharded.forecaster_for(series)
-        if x is not None and series is not None:
+        if x is not None:
             instances = pd.MultiIndex.from_frame(x.index.to_frame(index=False)[list(self.schema.keys)].astype(str))
             x = x[instances.isin(pd.MultiIndex.from_tuples(series))]
         return run_forecast(private, self.schema, steps, coverage, quantiles, x)
@@ -416,7 +423,7 @@ class ServedVersion:
             y_new, x_new = to_sktime(table, self.schema)
         else:  # a forecaster of the observed series alone (with a hierarchy's aggregates, all nodes)
             y_new, x_new = to_sktime(table, self.schema)
-            observed_nodes = [series_key(s) for s in y_new.index.droplevel(-1).unique()]
+            observed_nodes = series_keys(y_new.index.droplevel(-1).unique())
             private = self._private_forecaster(observed_nodes)
         try:
             with warnings.catch_warnings():

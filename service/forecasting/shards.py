@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from service.errors import IntegrityError
+from service.errors import IntegrityError, InvalidInput, SeriesNotFound
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit, is_vectorized, remembered_x
 from service.forecasting.sktime_internals import remembered_y as _remembered_y
 from service.registry.store import LoadedArtifact, Registry, check_libraries
@@ -52,9 +52,11 @@ def shardable(forecaster: Any) -> bool:
     return isinstance(inner, pd.DataFrame) and len(inner) > 1 and is_vectorized(forecaster)
 
 
-def series_key(label: Any) -> SeriesKey:
-    """A ``forecasters_`` row label as the service names series (a tuple of strings)."""
-    return tuple(str(v) for v in label) if isinstance(label, tuple) else (str(label),)
+def series_keys(labels: pd.Index) -> list[SeriesKey]:
+    """Series labels (``forecasters_`` rows, a panel's instances) as the service names series:
+    tuples of strings, spelled as the manifest's ids are (pandas ``astype(str)``)."""
+    frame = labels.to_frame(index=False).astype(str)
+    return list(frame.itertuples(index=False, name=None))
 
 
 def split(forecaster: Any, series_per_shard: int) -> list[Any]:
@@ -73,6 +75,12 @@ def _rows_of(frame: pd.DataFrame | None, labels: pd.Index, levels: int) -> pd.Da
         return None
     instances = frame.index.droplevel(list(range(levels, frame.index.nlevels)))
     return frame[instances.isin(labels)]
+
+
+def shard_rows(frame: pd.DataFrame | None, shard: Any) -> pd.DataFrame | None:
+    """The rows of a (series..., time) frame, e.g. future exogenous data, of ``shard``'s series."""
+    inner = shard.forecasters_
+    return _rows_of(frame, inner.index, inner.index.nlevels)
 
 
 def _assemble(template: Any, parts: Sequence[tuple[Any, pd.DataFrame]], copy: bool) -> Any:
@@ -98,9 +106,13 @@ def index_table(shards: Sequence[Any], keys: Sequence[str]) -> bytes:
     columns: dict[str, list[Any]] = {k: [] for k in keys}
     numbers: list[int] = []
     rows: list[int] = []
+    seen: set[SeriesKey] = set()
     for number, shard in enumerate(shards):
-        for row, label in enumerate(shard.forecasters_.index):
-            for k, value in zip(keys, series_key(label), strict=True):
+        for row, key in enumerate(series_keys(shard.forecasters_.index)):
+            if key in seen:
+                raise InvalidInput(f"two series are both named {list(key)} as text: name the series apart")
+            seen.add(key)
+            for k, value in zip(keys, key, strict=True):
                 columns[k].append(value)
             numbers.append(number)
             rows.append(row)
@@ -157,12 +169,15 @@ class ShardCache:
             shard = load()
             with self._lock:
                 self.loads.append(key)
+                self._loading.pop(key, None)
+                found = self._entries.get(key)
+                if found is not None:  # loaded meanwhile by a caller that came after an eviction
+                    return found[0]
                 self._entries[key] = (shard, size)
                 self._bytes += size
                 while self._bytes > self.max_bytes and len(self._entries) > 1:
                     _, (_, dropped) = self._entries.popitem(last=False)
                     self._bytes -= dropped
-                self._loading.pop(key, None)
             return shard
 
     def forget(self, name: str, version: int) -> None:
@@ -205,7 +220,14 @@ class ShardedModel:
 
     def forecaster_for(self, series: Iterable[SeriesKey] | None = None) -> Any:
         """A private fitted forecaster over ``series`` (all when None), in the panel's order."""
-        wanted = self.series if series is None else sorted(set(series), key=self.order.__getitem__)
+        if series is not None:
+            series = set(series)
+            unknown = [key for key in series if key not in self.index]
+            if unknown:
+                raise SeriesNotFound(
+                    f"{self.name} has no series {list(unknown[0])}", series=list(unknown[0]), field="series"
+                )
+        wanted = self.series if series is None else sorted(series, key=self.order.__getitem__)
         rows: dict[int, list[int]] = {}
         for key in wanted:
             number, row = self.index[key]
@@ -217,6 +239,10 @@ class ShardedModel:
             assembled.set_config(**{"backend:parallel": None})
         return assembled
 
+    def each_shard(self) -> list[Any]:
+        """Every shard, in the panel's order (shared: predict on them under a lock)."""
+        return [self.shard(n) for n in range(len(self.files))]
+
     def whole(self) -> Any:
         """Every shard joined into one forecaster (backtests, gate comparisons)."""
         shards = [self.shard(n) for n in range(len(self.files))]
@@ -227,12 +253,14 @@ def is_sharded(manifest: dict[str, Any]) -> bool:
     return bool((manifest.get("shards") or {}).get("files"))
 
 
-def load_fitted(registry: Registry, name: str, version: int) -> LoadedArtifact:
-    """The whole fitted forecaster of a version, sharded or not (backtests, the retrain gate)."""
+def load_fitted(registry: Registry, name: str, version: int, refit_only: bool = False) -> LoadedArtifact:
+    """The whole fitted forecaster of a version, sharded or not (backtests, the retrain gate).
+    ``refit_only``: the caller refits it (clones it) and never uses its fitted state, so a
+    sharded version gives its first shard, whose estimator and settings are the whole's."""
     manifest = registry.verified_manifest(name, version)
     if not is_sharded(manifest):
         return registry.load(name, version)
     check_libraries(manifest)
     keys = Schema.from_dict(manifest["schema"]).keys
     model = ShardedModel(registry, name, version, manifest, ShardCache(max_bytes=2**62), keys)
-    return LoadedArtifact(forecaster=model.whole(), manifest=manifest)
+    return LoadedArtifact(forecaster=model.shard(0) if refit_only else model.whole(), manifest=manifest)

@@ -121,7 +121,7 @@ def retrain(
         scores["candidate_error"] = str(exc)[:500]
     if production_version is not None:
         try:
-            production = load_fitted(registry, name, production_version).forecaster
+            production = load_fitted(registry, name, production_version, refit_only=True).forecaster  # refit below
             # the same parallel backend as the candidate, so the comparison costs the same
             production.set_config(**{k: v for k, v in unfitted.get_config().items() if k.startswith("backend:")})
             production_result, _ = run_backtest(production, gate_y, gate_x, window, schema, chunked=True)

@@ -140,7 +140,15 @@ class StagedVersion:
         self.files[filename] = {"sha256": entry["sha256"], "size": entry["size"]}
 
     def commit(self, manifest: dict[str, Any]) -> int:
-        """Number, sign and rename into place; ``manifest['files']`` gets every file written."""
+        """Number, sign and rename into place; ``manifest['files']`` gets every file written
+        (each checked for its size first: a worker that did not share the folder is caught here)."""
+        for filename, entry in self.files.items():
+            try:
+                size = (self.path / filename).stat().st_size
+            except FileNotFoundError:
+                raise IntegrityError(f"{self.name}: {filename} was not written into the staging folder") from None
+            if size != entry["size"]:
+                raise IntegrityError(f"{self.name}: {filename} has {size} bytes in staging, {entry['size']} expected")
         manifest["files"] = {**manifest.get("files", {}), **self.files}
         return self.registry.commit_staged(self.name, self.path, manifest)
 

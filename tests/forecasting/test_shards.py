@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from sktime.forecasting.naive import NaiveForecaster
 from sktime.forecasting.reconcile import ReconcilerForecaster
 from sktime.forecasting.theta import ThetaForecaster
 
-from service.errors import IntegrityError
+from service.errors import IntegrityError, SeriesNotFound
 from service.forecasting import chunked_fit
 from service.forecasting.publishing import PublishRequest, publish_version
 from service.forecasting.served import Limits, PredictQuery, ServedVersion, load_served
@@ -263,3 +264,33 @@ def test_a_publish_killed_while_writing_shards_lists_no_version(tmp_path: Path) 
     # lock on the staging folder) have died too
     wait_for(lambda: bool(registry.cleanup_staging()) or not list(versions.glob(".staging-*")), 30, "cleanup")
     assert not list(versions.glob(".staging-*"))
+
+
+def test_the_shard_cache_counts_each_shard_once_under_concurrent_loads() -> None:
+    cache = ShardCache(max_bytes=300)
+
+    def load(key: int) -> Any:
+        time.sleep(0.001)
+        return object()
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for key in rng.integers(0, 8, size=200):
+            cache.get(("m", 1, int(key)), 100, lambda k=int(key): load(k))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.bytes == 100 * len(cache) and cache.bytes <= 300  # the count is what is held
+    assert len(cache) == 3  # the budget holds three shards, not one
+
+
+def test_a_series_the_index_does_not_know_is_a_404(tmp_path: Path) -> None:
+    table = panel_table(12, seed=6)
+    forecaster = fitted(NaiveForecaster(strategy="last"), table, PANEL)
+    _, sharded, _ = publish_both(tmp_path, forecaster, table, PANEL, per_shard=5)
+    assert sharded.sharded is not None
+    with pytest.raises(SeriesNotFound):
+        sharded.sharded.forecaster_for([("s999",)])

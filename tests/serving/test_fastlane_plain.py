@@ -242,3 +242,14 @@ def test_the_parser_normalises_levels_as_the_schema_does() -> None:
     plain = parse_plain(b'{"coverage": [0.95, 0.8, 0.95], "quantiles": [0.9, 0.1], "fh": [3, 1]}')
     assert plain is not None
     assert plain.coverage == (0.8, 0.95) and plain.quantiles == (0.1, 0.9) and plain.fh == (3, 1)
+
+
+def test_a_body_spelling_a_normalised_key_is_not_answered_from_it(client: TestClient) -> None:
+    """A NUL-led body is not JSON (the route's 400), even when it spells a cached normalised key."""
+    assert post(client, "airline", b'{"horizon": 5}', "application/json").status_code == 200
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    packed = [k.split(b"\n", 2) for k in runtime.responses._items]  # media, model, body
+    keys = [(media, body) for media, model, body in packed if model == b"airline" and body.startswith(NORMALISED)]
+    assert keys, "the plain body was cached under its normalised key"
+    answer = post(client, "airline", keys[0][1], keys[0][0].decode())
+    assert answer.status_code == 400 and answer.json()["field"] == "body", answer.text

@@ -48,11 +48,15 @@ def sweep_spools(runtime: Any, max_age: float = SPOOL_MAX_AGE) -> list[Path]:
     skips the ``finally`` that removes them); recent ones may be another replica's upload."""
     removed = []
     cutoff = time.time() - max_age
-    for path in tmp_dir(runtime).glob(SPOOL_PATTERN):
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(path)
+    folder = Path(runtime.datasets.root) / ".tmp"
+    try:
+        for path in folder.glob(SPOOL_PATTERN):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+    except OSError as exc:  # a read-only or unreadable data folder: the server still starts and serves
+        log.warning("upload spools not swept: %s", exc.strerror or type(exc).__name__)
     if removed:
         log.warning("removed %d upload spool file(s) left by an interrupted upload", len(removed))
     return removed

@@ -282,7 +282,8 @@ class ModelSpec(_Strict):
         default="sktime",
         description="panels only: statsforecast fits the forecaster's statsforecast twin natively on the "
         "whole panel (forecasting/engines.py); auto does so when the twin's numbers equal sktime's "
-        "(the StatsForecast* adapters); sktime vectorises per series",
+        "(the StatsForecast* adapters) and predicts a global recursive reduction for the whole panel at "
+        "once (forecasting/reduction.py, identical numbers); sktime vectorises per series",
     )
 
     @field_validator("freq")

@@ -78,7 +78,8 @@ def fit_spec(
             raise InvalidInput(f"fitting {spec.forecaster.get('class')} failed: {type(exc).__name__}: {exc}") from exc
     if panel:  # the published version predicts on the local cores, wherever it was fitted
         forecaster.set_config(**{"backend:parallel": "loky", "backend:parallel:params": {"n_jobs": -1}})
-    forecaster = fast_reduction(forecaster)  # a global recursive reduction predicts the whole panel at once
+    if spec.engine == "auto":  # a global recursive reduction predicts the whole panel at once, same numbers
+        forecaster = fast_reduction(forecaster)
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
 
 

@@ -128,10 +128,15 @@ def test_the_demo_through_fit_spec() -> None:
     """What training.fit_spec returns for the demo spec qualifies, and predicts the same."""
     from service.forecasting.training import fit_spec
 
-    result = fit_spec(load_model_spec(DEMO), long_table(series=12, length=48))
+    spec = load_model_spec(DEMO)
+    result = fit_spec(spec, long_table(series=12, length=48))
+    assert not isinstance(result.forecaster, FastGlobalReduction)  # engine: sktime, the default
     wrapped = fast_reduction(result.forecaster)
     assert isinstance(wrapped, FastGlobalReduction)
     pd.testing.assert_frame_equal(wrapped.predict(fh=FULL), result.forecaster.predict(fh=FULL), rtol=RTOL)
+    auto = fit_spec(spec.model_copy(update={"engine": "auto"}), long_table(series=12, length=48))
+    assert isinstance(auto.forecaster, FastGlobalReduction)  # engine: auto wraps it at fit time
+    pd.testing.assert_frame_equal(auto.forecaster.predict(fh=FULL), result.forecaster.predict(fh=FULL), rtol=RTOL)
 
 
 def test_pickles_with_equal_numbers(demo_fitted: Any) -> None:

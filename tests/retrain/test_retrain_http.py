@@ -138,7 +138,14 @@ def test_upload_retrain_append_retrain(client: TestClient) -> None:
     assert result["production_version_before"] is None
     assert "no production" in result["reason"]
     assert result["data"] == {"dataset": "air", "version": data_v1}
-    assert result["gate"] == {"policy": "auto", "metric": "MASE", "tolerance": 0.0, "window_folds": 1}
+    assert result["gate"] == {
+        "policy": "auto",
+        "metric": "MASE",
+        "tolerance": 0.0,
+        "window_folds": 1,
+        "series": 1,
+        "sampled": False,
+    }
     assert result["metrics"]["candidate"] > 0 and result["metrics"]["production"] is None
     assert first["progress"]["stage"] == "succeeded" and first["finished_at"] >= first["started_at"]
     served = wait_serving(client, 1)
@@ -186,7 +193,14 @@ def test_upload_retrain_append_retrain(client: TestClient) -> None:
     )
     result = third["result"]
     assert result["data"]["version"] == data_v1
-    assert result["gate"] == {"policy": "never", "metric": "RMSE", "tolerance": 0.5, "window_folds": 1}
+    assert result["gate"] == {
+        "policy": "never",
+        "metric": "RMSE",
+        "tolerance": 0.5,
+        "window_folds": 1,
+        "series": 1,
+        "sampled": False,
+    }
     assert result["promoted"] is False and "promote=never" in result["reason"]
     assert result["metrics"]["candidate"] is not None and result["metrics"]["production"] is not None
     assert client.get("/v1/models/air/versions/3").json()["cutoff"] == "1959-12-01"
@@ -217,7 +231,14 @@ def test_gate_decisions(client: TestClient, air_v1: dict[str, Any]) -> None:
     put_spec(client, air_spec(MEAN, promotion={"policy": "always", "metric": "MAE", "tolerance": 0.0}))
     forced = retrain(client)["result"]
     assert forced["version"] == 3 and forced["promoted"] is True and forced["reason"] == "promote=always"
-    assert forced["gate"] == {"policy": "always", "metric": "MAE", "tolerance": 0.0, "window_folds": 1}
+    assert forced["gate"] == {
+        "policy": "always",
+        "metric": "MAE",
+        "tolerance": 0.0,
+        "window_folds": 1,
+        "series": 1,
+        "sampled": False,
+    }
     assert forced["metrics"]["candidate"] > forced["metrics"]["production"]
     wait_serving(client, 3)
     assert aliases(client) == {"production": 3}

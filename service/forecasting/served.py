@@ -3,6 +3,7 @@ the live path through sktime (serialised per version, or on a private copy)."""
 
 from __future__ import annotations
 
+import functools
 import pickle
 import threading
 import warnings
@@ -158,6 +159,9 @@ class ServedVersion:
         self._observations: dict[str, Any] | None = manifest.get("observations")
         self.series = self._series_ids()
         self._known_series = frozenset(self.series)
+        kind = self.schema.kind
+        self._leaves = [s for s in self.series if TOTAL not in s] if kind == "hierarchical" else self.series
+        self._leaf_set = frozenset(self._leaves) if kind == "hierarchical" else self._known_series
         pre = manifest.get("precomputed") or {}
         if precomputed is None and not self.schema.exogenous:
             precomputed = run_forecast(
@@ -190,6 +194,11 @@ class ServedVersion:
             if len(pickled) <= KEEP_PICKLE_BYTES:
                 self._pickled = pickled
         return pickle.loads(pickled)
+
+    @functools.cached_property
+    def _position(self) -> dict[tuple[str, ...], int]:
+        """Each series' place in the version's order (built once, when first needed)."""
+        return {s: i for i, s in enumerate(self.series)}
 
     # ------------------------------------------------------------------ facts
     @property
@@ -397,11 +406,11 @@ class ServedVersion:
                 f"found {late[0]}",
                 field="observations",
             )
-        leaves = [s for s in self.series if TOTAL not in s] if self.schema.kind == "hierarchical" else self.series
+        leaves = self._leaves
         unobserved: list[tuple[str, ...]] = []
         if self.schema.keys:
             observed = {tuple(k) for k in table[list(self.schema.keys)].drop_duplicates().itertuples(index=False)}
-            unknown = observed - set(leaves)
+            unknown = observed - self._leaf_set
             if unknown:
                 raise SeriesNotFound(f"'observations' name unknown series {sorted(unknown)[:5]}", field="observations")
             ends = table.groupby(list(self.schema.keys), sort=False)[self.schema.time].max()
@@ -410,8 +419,12 @@ class ServedVersion:
                     "'observations' must bring the same new times for every series they name (ends differ)",
                     field="observations",
                 )
-            unobserved = [s for s in leaves if s not in observed]
-            series = self._observed_series(series, observed, unobserved)
+            partial = len(observed) < len(leaves)
+            # the series left out are listed only where they are used (filled in, or named in a 422):
+            # a sharded panel's request pays for the series it names, not for all of them
+            if partial and (self.sharded is None or self.schema.kind == "hierarchical" or self.schema.exogenous):
+                unobserved = [s for s in leaves if s not in observed]
+            series = self._observed_series(series, observed, unobserved, partial)
         new_cutoff = table[self.schema.time].max()
         steps = self._steps(query, new_cutoff, limits)
         x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
@@ -454,11 +467,12 @@ class ServedVersion:
         asked: tuple[tuple[str, ...], ...] | None,
         observed: set[tuple[str, ...]],
         unobserved: list[tuple[str, ...]],
+        partial: bool,
     ) -> tuple[tuple[str, ...], ...] | None:
         """The series a forecast after new actuals returns. A panel's observations may name some
         of its series: the answer covers those only. A hierarchy's must cover every bottom series
         (its reconciled numbers tie all nodes together)."""
-        if not unobserved:
+        if not partial:
             return asked
         if self.schema.kind == "hierarchical":
             raise InvalidInput(
@@ -487,7 +501,7 @@ class ServedVersion:
                 missing_series=[list(m) for m in unobserved[:20]],
             )
         if asked is None:
-            return tuple(s for s in self.series if s in observed)
+            return tuple(sorted(observed, key=self._position.__getitem__))
         without = [s for s in asked if s not in observed]
         if without:
             raise InvalidInput(

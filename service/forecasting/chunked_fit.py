@@ -43,25 +43,18 @@ def fit_in_chunks(
 ) -> Any | None:
     """``forecaster`` (unfitted) fitted on the panel ``y`` like ``forecaster.fit(y, X=x, fh=fh)``,
     or None when sktime would not fit it per series (the caller fits it as usual)."""
-    assembled = forecaster.clone()
-    x_inner, y_inner = convert_inputs(assembled, y, x)
-    rows = y_inner.get_iter_indices()[0] if isinstance(y_inner, VectorizedDF) else None
-    if rows is None or len(rows) < 2:
+    split = _split_panel(forecaster, y, x)
+    if split is None:
         return None
-    instance_levels = rows.nlevels
-    parts = [rows[i] for i in np.array_split(np.arange(len(rows)), min(len(rows), cpu_count() * CHUNKS_PER_CORE))]
-
-    def select(frame: pd.DataFrame | None, part: pd.Index) -> pd.DataFrame | None:
-        if frame is None:
-            return None
-        instances = frame.index.droplevel(list(range(instance_levels, frame.index.nlevels)))
-        return frame[instances.isin(part)]
+    assembled, x_inner, y_inner, rows, parts = split
+    levels = rows.nlevels
 
     fitted: dict[int, pd.DataFrame] = {}
     done = 0
     with _workers() as pool:  # a failure or a cancel (from `progress`) drops the chunks not fitted yet
         futures = [
-            pool.submit(_fit_chunk, i, forecaster, select(y, part), select(x, part), fh) for i, part in enumerate(parts)
+            pool.submit(_fit_chunk, i, forecaster, series_rows(y, part, levels), series_rows(x, part, levels), fh)
+            for i, part in enumerate(parts)
         ]
         for future in as_completed(futures):
             index, forecasters = future.result()
@@ -117,20 +110,31 @@ def _fit_chunk(index: int, forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | N
 def series_chunks(forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None) -> list[tuple[Any, Any]] | None:
     """The panel ``y`` (and ``x``) split into chunks of whole series, in sktime's series order,
     or None when sktime would not vectorise ``forecaster`` over the series."""
-    _, y_inner = convert_inputs(forecaster.clone(), y, x)
+    split = _split_panel(forecaster, y, x)
+    if split is None:
+        return None
+    parts, levels = split[4], split[3].nlevels
+    return [(series_rows(y, part, levels), series_rows(x, part, levels)) for part in parts]
+
+
+def _split_panel(forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None) -> tuple[Any, ...] | None:
+    """(a clone of ``forecaster``, sktime's inner x and y, the series in sktime's order, chunks of
+    those series), or None when sktime would not vectorise ``forecaster`` over the series."""
+    assembled = forecaster.clone()
+    x_inner, y_inner = convert_inputs(assembled, y, x)
     rows = y_inner.get_iter_indices()[0] if isinstance(y_inner, VectorizedDF) else None
     if rows is None or len(rows) < 2:
         return None
-    levels = rows.nlevels
     parts = [rows[i] for i in np.array_split(np.arange(len(rows)), min(len(rows), cpu_count() * CHUNKS_PER_CORE))]
+    return assembled, x_inner, y_inner, rows, parts
 
-    def select(frame: pd.DataFrame | None, part: pd.Index) -> pd.DataFrame | None:
-        if frame is None:
-            return None
-        instances = frame.index.droplevel(list(range(levels, frame.index.nlevels)))
-        return frame[instances.isin(part)]
 
-    return [(select(y, part), select(x, part)) for part in parts]
+def series_rows(frame: pd.DataFrame | None, labels: pd.Index, levels: int) -> pd.DataFrame | None:
+    """The rows of a (series..., time) frame whose first ``levels`` index levels are one of ``labels``."""
+    if frame is None:
+        return None
+    instances = frame.index.droplevel(list(range(levels, frame.index.nlevels)))
+    return frame[instances.isin(labels)]
 
 
 def map_chunks(func: Any, chunks: list[tuple[Any, ...]], progress: Any = None) -> list[Any]:

@@ -74,7 +74,6 @@ class PublishRequest:
     observations: str = "auto"  # the spec's choice: auto | state | refit | none
     description: str | None = None  # what this version is, from whoever published it (CLI --description)
     tags: list[str] = field(default_factory=list)  # free labels (CLI --tag), shown in the model list
-    shard_series: int | None = None  # series per shard of a per-series panel (None: the registry's; 0: one artifact)
 
     def __post_init__(self) -> None:
         if self.description is not None and (not isinstance(self.description, str) or len(self.description) > 2000):
@@ -105,7 +104,7 @@ def publish_version(registry: Registry, name: str, forecaster: Any, request: Pub
     quantiles = list(request.quantiles) if capabilities["quantiles"]["available"] else []
     precompute = request.precompute and not schema.exogenous
     steps = list(range(1, request.horizon + 1))
-    per_shard = registry.shard_series if request.shard_series is None else request.shard_series
+    per_shard = registry.shard_series
     with registry.new_version(name) as staged:
         if per_shard and shardable(forecaster) and len(forecaster.forecasters_) > per_shard:
             parts = split(forecaster, per_shard)

@@ -18,8 +18,8 @@ from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, 
 from service.forecasting.capabilities import one_series
 from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
-from service.forecasting.shards import ShardCache, ShardedModel, is_sharded, series_keys, shard_rows
-from service.registry.store import Registry, check_libraries
+from service.forecasting.shards import ShardCache, ShardedModel, is_sharded, open_sharded, series_keys, shard_rows
+from service.registry.store import Registry
 from service.tables import (
     TOTAL,
     Schema,
@@ -583,9 +583,7 @@ def load_served(registry: Registry, name: str, version: int, shard_cache: ShardC
         artifact = registry.load(name, version)
         precomputed = registry.read_precomputed(name, version, artifact.manifest)
         return ServedVersion(name, version, artifact.manifest, artifact.forecaster, precomputed)
-    check_libraries(manifest)
+    sharded = open_sharded(registry, name, version, manifest, shard_cache)
     registry.verify_files(name, version, manifest, "shards/")  # one bad shard refuses the version now
-    keys = Schema.from_dict(manifest["schema"]).keys
-    sharded = ShardedModel(registry, name, version, manifest, shard_cache, keys)
     precomputed = registry.read_precomputed(name, version, manifest)
     return ServedVersion(name, version, manifest, None, precomputed, sharded=sharded)

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.errors import IntegrityError, InvalidInput, SeriesNotFound
+from service.forecasting.chunked_fit import series_rows
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit, is_vectorized, remembered_x
 from service.forecasting.sktime_internals import remembered_y as _remembered_y
 from service.registry.store import LoadedArtifact, Registry, check_libraries
@@ -38,6 +39,7 @@ SHARDS_DIR = "shards"
 SHARD_INDEX = "shards.parquet"
 DEFAULT_SHARD_SERIES = 1000
 SERIAL_BELOW = 64  # a live forecaster of fewer series predicts in-process (a pool costs more)
+ASSEMBLED_CACHE_BYTES = 16 * 2**20  # per version: pickles of small assembled forecasters (`ShardedModel._remember`)
 
 SeriesKey = tuple[str, ...]
 
@@ -69,18 +71,10 @@ def split(forecaster: Any, series_per_shard: int) -> list[Any]:
     ]
 
 
-def _rows_of(frame: pd.DataFrame | None, labels: pd.Index, levels: int) -> pd.DataFrame | None:
-    """The rows of a (series..., time) frame that belong to the series ``labels``."""
-    if frame is None:
-        return None
-    instances = frame.index.droplevel(list(range(levels, frame.index.nlevels)))
-    return frame[instances.isin(labels)]
-
-
 def shard_rows(frame: pd.DataFrame | None, shard: Any) -> pd.DataFrame | None:
     """The rows of a (series..., time) frame, e.g. future exogenous data, of ``shard``'s series."""
     inner = shard.forecasters_
-    return _rows_of(frame, inner.index, inner.index.nlevels)
+    return series_rows(frame, inner.index, inner.index.nlevels)
 
 
 def _assemble(template: Any, parts: Sequence[tuple[Any, pd.DataFrame]], copy: bool) -> Any:
@@ -91,8 +85,8 @@ def _assemble(template: Any, parts: Sequence[tuple[Any, pd.DataFrame]], copy: bo
     if copy:
         inner = pickle.loads(pickle.dumps(inner, protocol=pickle.HIGHEST_PROTOCOL))
     levels = inner.index.nlevels
-    y = pd.concat([_rows_of(_remembered_y(s), rows.index, levels) for s, rows in parts])
-    xs = [_rows_of(remembered_x(s), rows.index, levels) for s, rows in parts]
+    y = pd.concat([series_rows(_remembered_y(s), rows.index, levels) for s, rows in parts])
+    xs = [series_rows(remembered_x(s), rows.index, levels) for s, rows in parts]
     x = None if any(part is None for part in xs) else pd.concat(xs)
     with warnings.catch_warnings():  # sktime's FutureWarnings, once per clone
         warnings.simplefilter("ignore")
@@ -204,6 +198,9 @@ class ShardedModel:
         self.files: list[str] = list(section["files"])
         self.index = read_index(registry.read_verified(name, version, section["index"], manifest), keys)
         self.order = {key: position for position, key in enumerate(self.index)}  # the whole panel's row order
+        self._copies: OrderedDict[tuple[SeriesKey, ...], bytes] = OrderedDict()  # see `_remember`
+        self._copies_bytes = 0
+        self._copies_lock = threading.Lock()
 
     @property
     def series(self) -> list[SeriesKey]:
@@ -228,16 +225,39 @@ class ShardedModel:
                     f"{self.name} has no series {list(unknown[0])}", series=list(unknown[0]), field="series"
                 )
         wanted = self.series if series is None else sorted(series, key=self.order.__getitem__)
+        remembered = len(wanted) < SERIAL_BELOW
+        if remembered:
+            with self._copies_lock:
+                pickled = self._copies.get(tuple(wanted))
+                if pickled is not None:
+                    self._copies.move_to_end(tuple(wanted))
+            if pickled is not None:
+                return pickle.loads(pickled)
+        assembled = self._assemble_for(wanted)
+        if remembered:
+            assembled.set_config(**{"backend:parallel": None})
+            self._remember(tuple(wanted), pickle.dumps(assembled, protocol=pickle.HIGHEST_PROTOCOL))
+        return assembled
+
+    def _remember(self, wanted: tuple[SeriesKey, ...], pickled: bytes) -> None:
+        """Keep a few small assembled forecasters as pickles: the next live request for the same
+        series unpickles one (~0.7 ms for one Theta series) instead of assembling it (~6 ms)."""
+        with self._copies_lock:
+            if wanted not in self._copies:
+                self._copies[wanted] = pickled
+                self._copies_bytes += len(pickled)
+            while self._copies_bytes > ASSEMBLED_CACHE_BYTES and len(self._copies) > 1:
+                _, dropped = self._copies.popitem(last=False)
+                self._copies_bytes -= len(dropped)
+
+    def _assemble_for(self, wanted: list[SeriesKey]) -> Any:
         rows: dict[int, list[int]] = {}
         for key in wanted:
             number, row = self.index[key]
             rows.setdefault(number, []).append(row)
         shards = {n: self.shard(n) for n in sorted(rows)}
         parts = [(shards[n], shards[n].forecasters_.iloc[r]) for n, r in sorted(rows.items())]
-        assembled = _assemble(parts[0][0], parts, copy=True)
-        if len(wanted) < SERIAL_BELOW:
-            assembled.set_config(**{"backend:parallel": None})
-        return assembled
+        return _assemble(parts[0][0], parts, copy=True)
 
     def each_shard(self) -> list[Any]:
         """Every shard, in the panel's order (shared: predict on them under a lock)."""
@@ -245,12 +265,21 @@ class ShardedModel:
 
     def whole(self) -> Any:
         """Every shard joined into one forecaster (backtests, gate comparisons)."""
-        shards = [self.shard(n) for n in range(len(self.files))]
+        shards = self.each_shard()
         return _assemble(shards[0], [(s, s.forecasters_) for s in shards], copy=False)
 
 
 def is_sharded(manifest: dict[str, Any]) -> bool:
     return bool((manifest.get("shards") or {}).get("files"))
+
+
+def open_sharded(
+    registry: Registry, name: str, version: int, manifest: dict[str, Any], cache: ShardCache
+) -> ShardedModel:
+    """A sharded version's model over its verified ``manifest``; no shard is unpickled yet."""
+    check_libraries(manifest)
+    keys = Schema.from_dict(manifest["schema"]).keys
+    return ShardedModel(registry, name, version, manifest, cache, keys)
 
 
 def load_fitted(registry: Registry, name: str, version: int, refit_only: bool = False) -> LoadedArtifact:
@@ -260,7 +289,5 @@ def load_fitted(registry: Registry, name: str, version: int, refit_only: bool = 
     manifest = registry.verified_manifest(name, version)
     if not is_sharded(manifest):
         return registry.load(name, version)
-    check_libraries(manifest)
-    keys = Schema.from_dict(manifest["schema"]).keys
-    model = ShardedModel(registry, name, version, manifest, ShardCache(max_bytes=2**62), keys)
+    model = open_sharded(registry, name, version, manifest, ShardCache(max_bytes=2**62))
     return LoadedArtifact(forecaster=model.shard(0) if refit_only else model.whole(), manifest=manifest)

@@ -160,6 +160,24 @@ def test_observations_on_a_sharded_panel_load_only_the_shards_of_their_series(tm
     assert whole.forecaster.predict().equals(fitted(NaiveForecaster(strategy="last", sp=12), table, PANEL).predict())
 
 
+def test_repeated_live_requests_for_the_same_series_reuse_a_copy_that_no_update_touched(tmp_path: Path) -> None:
+    table = panel_table(12, seed=6)
+    forecaster = fitted(ThetaForecaster(sp=12), table, PANEL)
+    whole, sharded, cache = publish_both(tmp_path, forecaster, table, PANEL, per_shard=5)
+    some = [("s002",), ("s008",)]
+    first = observations(table, PANEL, some)
+    same_answer(whole, sharded, PredictQuery(observations=first))
+    loaded = list(cache.loads)
+    assert sharded.sharded is not None and len(sharded.sharded._copies) == 1
+    cache.forget("m", sharded.version)  # the shards are gone; the remembered copy answers alone
+    other = first.assign(sales=first["sales"] * 1.5)  # another update of the same series
+    same_answer(whole, sharded, PredictQuery(observations=other))
+    same_answer(whole, sharded, PredictQuery(observations=first))  # the first update left no trace
+    assert cache.loads == loaded
+    answers = [sharded.answer(PredictQuery(observations=o), LIMITS).columns["sales"] for o in (first, other)]
+    assert not np.array_equal(*answers)
+
+
 def test_a_refitted_theta_panel_takes_observations_per_shard(tmp_path: Path) -> None:
     table = panel_table(12, seed=5)
     forecaster = fitted(ThetaForecaster(sp=12), table, PANEL)

@@ -17,11 +17,11 @@ import logging
 import logging.handlers
 import os
 import queue
+import random
 import re
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -35,6 +35,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 access_log = logging.getLogger("service.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_request_id() -> str:
+    """A random version-4 UUID as 32 hex digits, as ``uuid.uuid4().hex`` spells it, from the
+    process's PRNG: an id for correlating lines, not a secret, and a urandom call per request
+    was a tenth of a fast-path answer's time."""
+    return f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response started
 LOG_RECORD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -263,7 +274,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if incoming and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and REQUEST_ID.fullmatch(incoming) else new_request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         status = 500

@@ -73,7 +73,9 @@ class BodyLimits:
             if body_complete:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.pause_seconds)
+                # a deadline on this task (a timer handle), not `wait_for` (a new task per message)
+                async with asyncio.timeout(self.pause_seconds):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimedOut(self.pause_seconds) from None
             if message["type"] == "http.request":

@@ -256,7 +256,8 @@ class PredictFastLane:
         headers = dict(scope.get("headers") or [])
         media = negotiate(headers.get(b"accept", b"").decode("latin-1"))
         try:
-            entry = None if body.startswith(NORMALISED) else self.responses.get((name, body, media))
+            caching = self.responses.max_bytes > 0  # a cache of no bytes never holds an answer
+            entry = None if not caching or body.startswith(NORMALISED) else self.responses.get((name, body, media))
             if entry is not None:
                 return await self._send_cached(scope, name, entry, headers, send)
             if self.limits is None or len(body) > PLAIN_BODY_BYTES or not _is_json(headers.get(b"content-type")):
@@ -269,8 +270,8 @@ class PredictFastLane:
             query = plain.query(served.schema.keys) if served is not None else None
             if served is None or query is None:
                 return False
-            key = (name, normalised_key(served, query), media)
-            entry = self.responses.get(key)
+            key = (name, normalised_key(served, query), media) if caching else None
+            entry = self.responses.get(key) if key is not None else None
             if entry is not None:
                 return await self._send(scope, name, served.version, "cache", entry.payload, entry.headers, send)
             answer = served.try_fast(query, self.limits)
@@ -280,7 +281,8 @@ class PredictFastLane:
             return False  # sktime is needed: the route runs it on a worker thread
         payload, cutoff = encode_forecast(name, served, answer, media)
         block = self._headers(served, cutoff, media)
-        self.responses.put(key, CachedAnswer(served.version, False, payload, block))
+        if key is not None:
+            self.responses.put(key, CachedAnswer(served.version, False, payload, block))
         return await self._send(scope, name, served.version, "fast", payload, block, send)
 
     async def _send_cached(

@@ -27,6 +27,7 @@ def probe_exogenous(training_x: pd.DataFrame | None, schema: Schema, fh_steps: i
     index = future_index(training_x.index, list(range(1, fh_steps + 1)))
     if isinstance(training_x.index, pd.MultiIndex):
         last = training_x.groupby(level=list(range(training_x.index.nlevels - 1))).tail(1)
+        last.index = last.index.droplevel(-1)  # each series' last row, by its keys
         rows = last.reindex(index.droplevel(-1)).to_numpy()
     else:
         rows = [training_x.iloc[-1].to_numpy()] * len(index)

@@ -41,7 +41,8 @@ def future_index(train_index: pd.Index, steps: list[int]) -> pd.Index:
     times = future_times(cutoff, steps)
     if isinstance(train_index, pd.MultiIndex):
         series = train_index.droplevel(-1).unique()
-        tuples = [(*s, t) for s in series for t in times]
+        keys = series if isinstance(series, pd.MultiIndex) else [(s,) for s in series]
+        tuples = [(*key, t) for key in keys for t in times]
         return pd.MultiIndex.from_tuples(tuples, names=train_index.names)
     return times.rename(train_index.name)
 

@@ -18,7 +18,16 @@ from service.errors import CapabilityUnavailable, ForecastFailed, InvalidInput, 
 from service.forecasting.capabilities import one_series
 from service.forecasting.observations import probe_observations
 from service.forecasting.predict import cutoff_of, future_times, private_copy, run_forecast, steps_of
-from service.forecasting.shards import ShardCache, ShardedModel, is_sharded, open_sharded, series_keys, shard_rows
+from service.forecasting.shards import (
+    ShardCache,
+    ShardedModel,
+    is_sharded,
+    open_sharded,
+    series_keys,
+    series_subset,
+    shard_rows,
+    shardable,
+)
 from service.registry.store import Registry
 from service.tables import (
     TOTAL,
@@ -346,7 +355,7 @@ class ServedVersion:
         coverage, quantiles = list(query.coverage), list(query.quantiles)
         names = self.output_columns(coverage, quantiles)
         if self.schema.exogenous:
-            x = self._future_exogenous(query.exogenous, self.cutoff, steps, limits)
+            x = self._future_exogenous(query.exogenous, self.cutoff, steps, limits, series)
             return Answer(
                 self._finish(self._live(steps, coverage, quantiles, series, x), series, names), self.cutoff, fast=False
             )
@@ -368,7 +377,10 @@ class ServedVersion:
         on a forecaster of the asked series alone (assembled from their shards)."""
         if self.sharded is None:
             with self.lock:
-                return run_forecast(self.forecaster, self.schema, steps, coverage, quantiles, x)
+                forecaster = self.forecaster
+                if x is not None and series is not None and shardable(forecaster):
+                    forecaster = series_subset(forecaster, series)  # the future exogenous rows are theirs only
+                return run_forecast(forecaster, self.schema, steps, coverage, quantiles, x)
         if series is None:  # every series: shard by shard on the shared shards, never a copy of all
             with self.lock:
                 tables = [
@@ -377,9 +389,6 @@ class ServedVersion:
                 ]
             return pd.concat(tables, ignore_index=True)
         private = self.sharded.forecaster_for(series)
-        if x is not None:
-            instances = pd.MultiIndex.from_frame(x.index.to_frame(index=False)[list(self.schema.keys)].astype(str))
-            x = x[instances.isin(pd.MultiIndex.from_tuples(series))]
         return run_forecast(private, self.schema, steps, coverage, quantiles, x)
 
     def _answer_with_observations(
@@ -526,8 +535,15 @@ class ServedVersion:
         return filled.sort_values([*self.schema.keys, self.schema.time], kind="stable").reset_index(drop=True)
 
     def _future_exogenous(
-        self, frame: pd.DataFrame | None, cutoff: Any, steps: list[int], limits: Limits
+        self,
+        frame: pd.DataFrame | None,
+        cutoff: Any,
+        steps: list[int],
+        limits: Limits,
+        series: tuple[tuple[str, ...], ...] | None = None,
     ) -> pd.DataFrame:
+        """The future exogenous rows the forecast needs: every forecast time of the ``series``
+        asked for (all leaves when None; a panel's forecast for some series needs theirs only)."""
         columns = list(self.schema.exogenous)
         if frame is None:
             raise CapabilityUnavailable(
@@ -544,7 +560,7 @@ class ServedVersion:
         table = canonical_table(frame, self.schema, what="exogenous", columns=columns, contiguous=False)
         needed_times = future_times(cutoff, list(range(1, max(steps) + 1)))
         if self.schema.keys:
-            leaves = [s for s in self.series if TOTAL not in s]
+            leaves = [s for s in (self.series if series is None else series) if TOTAL not in s]
             index = pd.MultiIndex.from_tuples(
                 [(*s, t) for s in leaves for t in needed_times], names=[*self.schema.keys, self.schema.time]
             )

@@ -71,6 +71,15 @@ def split(forecaster: Any, series_per_shard: int) -> list[Any]:
     ]
 
 
+def series_subset(forecaster: Any, series: Sequence[SeriesKey]) -> Any:
+    """The vectorised ``forecaster`` over ``series`` alone, in its own order. Its per-series
+    models are the whole's (shared, not copied): predict on it under the whole's lock."""
+    inner = forecaster.forecasters_
+    wanted = set(series)
+    positions = [i for i, key in enumerate(series_keys(inner.index)) if key in wanted]
+    return _assemble(forecaster, [(forecaster, inner.iloc[positions])], copy=False)
+
+
 def shard_rows(frame: pd.DataFrame | None, shard: Any) -> pd.DataFrame | None:
     """The rows of a (series..., time) frame, e.g. future exogenous data, of ``shard``'s series."""
     inner = shard.forecasters_

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -43,6 +45,35 @@ def prepare(runtime: Runtime) -> None:
     gc.freeze()
 
 
+async def in_daemon_thread(func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)`` in a daemon thread of its own, awaited. Unlike ``asyncio.to_thread``
+    (the loop's default executor, joined when ``asyncio.run`` ends), nothing waits for it
+    at shutdown: a SIGTERM during the first start's training stops the server at once (a
+    publish cut short leaves only a staging folder, removed at the next start)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def target() -> None:
+        result, error = None, None
+        try:
+            result = func(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=getattr(func, "__name__", "work"), daemon=True).start()
+    return await done
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     quiet_sktime_warnings()
@@ -56,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.stop.clear()
         await asyncio.to_thread(runtime.registry.cleanup_staging)
         await asyncio.to_thread(sweep_spools, runtime)
-        initial = asyncio.create_task(asyncio.to_thread(prepare, runtime))
+        initial = asyncio.create_task(in_daemon_thread(prepare, runtime))
         watcher = asyncio.create_task(runtime.cache.watch(settings.poll_interval, runtime.stop))
         runner = asyncio.create_task(runtime.runner.run(runtime.stop))
         tasks = [initial, watcher, runner]

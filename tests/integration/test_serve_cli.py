@@ -74,3 +74,42 @@ def test_occupied_port_exits_nonzero_with_a_clear_message(tmp_path: Path) -> Non
     assert f"{HOST}:{port}" in output, output
     assert "in use" in output.lower(), output
     assert "Traceback" not in output, output
+
+
+def test_sigterm_during_first_start_training_stops_at_once(tmp_path: Path, start_server: ServerFactory) -> None:
+    """The first start trains in a thread nobody joins: SIGTERM mid-fit exits within seconds (not
+    after the training, nor at the watchdog), and the half-made version is never listed."""
+    registry = tmp_path / "models"
+    folder = registry / "big-panel"
+    folder.mkdir(parents=True)
+    months = [f"{2010 + m // 12}-{m % 12 + 1:02d}-01" for m in range(120)]
+    lines = ["series,month,value"] + [
+        f"s{i:04d},{month},{100 + i % 17 + (m % 12) * 1.5 + (i * m) % 7}"
+        for i in range(3000)
+        for m, month in enumerate(months)
+    ]
+    (folder / "data.csv").write_text("\n".join(lines) + "\n")
+    (folder / "model.yaml").write_text(
+        "kind: panel\ndata:\n  source: {path: data.csv}\n  time: month\n  keys: [series]\n  targets: [value]\n"
+        "freq: M\nhorizon: 12\nforecaster: {class: ThetaForecaster, params: {sp: 12}}\ncoverage: [0.8]\n"
+    )
+    # a long watchdog, so that only a shutdown which does not wait for the training passes
+    server = start_server(registry, "--train-missing", FORECAST_SHUTDOWN_TIMEOUT="60")
+    deadline = time.monotonic() + 120
+    while "big-panel (1/1): fitting" not in server.log():
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        assert server.process is not None and server.process.poll() is None, server.log()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server was still training 20 s after SIGTERM")
+    took = time.monotonic() - started
+    assert code == 0, f"exit code {code} after SIGTERM"
+    assert took < 10, f"SIGTERM during training took {took:.1f} s"
+    assert "published big-panel" not in server.log()
+    assert not (folder / "versions" / "1" / "manifest.json").exists()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import threading
-import uuid
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -34,7 +33,6 @@ from threadpoolctl import threadpool_limits
 
 from service.forecasting.progress import FitProgress
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit
-from service.observability import quiet_sktime_warnings
 from service.processes import die_with_parent, on_dask_worker
 
 CHUNKS_PER_CORE = 4  # smaller chunks even out the cores' finish times and report progress more often
@@ -177,24 +175,15 @@ def map_shared(func: Any, items: list[Any], args: tuple[Any, ...] = (), progress
         _SHARED = []
 
 
-def _quiet_task(func: Any, *args: Any) -> Any:
-    """A sub-task on any cluster worker, with the job process's warning handling: a worker
-    that runs no job never set it, and printed sktime's notices once per series."""
-    quiet_sktime_warnings()
-    return func(*args)
-
-
 def _map_on_cluster(func: Any, chunks: list[tuple[Any, ...]], progress: Any = None) -> list[Any]:
     """`map_chunks` inside a Dask task: one task per chunk on the cluster's workers, this
     task seceded from its worker's pool while it waits; a failure or a cancel (``progress``
     raising) cancels the tasks not finished."""
-    from dask.utils import funcname
     from distributed import as_completed as completed
     from distributed import worker_client
 
     with worker_client() as client:
-        name = funcname(func)  # the task stream and dashboard show what runs, not the wrapper
-        futures = [client.submit(_quiet_task, func, *chunk, key=f"{name}-{uuid.uuid4().hex}") for chunk in chunks]
+        futures = [client.submit(func, *chunk, pure=False) for chunk in chunks]
         position = {future.key: i for i, future in enumerate(futures)}
         results: dict[int, Any] = {}
         try:

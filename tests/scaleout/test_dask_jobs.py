@@ -22,6 +22,7 @@ from service.jobs.store import JobStore, process_owner
 from service.jobs.tasks import job_dir
 from service.registry.store import Registry
 from tests.factories import wait_for
+from tests.scaleout.conftest import local_cluster
 from tests.scaleout.jobs_api import SMALL, app_client, drive, job_of, start_backtest, wait_job
 
 pytestmark = pytest.mark.slow
@@ -286,3 +287,45 @@ def on_dask_worker_here() -> bool:
     from service.processes import on_dask_worker
 
     return on_dask_worker()
+
+
+def _fit_theta_and_count_remember_data_notices() -> int:
+    """On a worker: what sktime prints on stderr while one Theta fits, counted for its
+    remember_data FutureWarning."""
+    import contextlib
+    import io
+
+    from sktime.datasets import load_airline
+    from sktime.forecasting.theta import ThetaForecaster
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        ThetaForecaster(sp=12).fit(load_airline(), fh=[1])
+    return printed.getvalue().count("remember_data")
+
+
+def test_every_cluster_worker_handles_warnings_as_a_job_does() -> None:
+    """Workers that run no job (only sktime's per-series tasks or shard tasks) get the job's
+    warning handling from the executor's plugin; a bare client's worker prints the notice."""
+    with local_cluster(2) as cluster:
+        from distributed import Client
+
+        bare = Client(cluster.scheduler_address, timeout=30, set_as_default=False)
+        try:
+            workers = list(bare.scheduler_info()["workers"])
+            before = [
+                bare.submit(_fit_theta_and_count_remember_data_notices, workers=[w], pure=False).result()
+                for w in workers
+            ]
+            executor = DaskExecutor(cluster.scheduler_address)
+            executor.client()  # connecting registers the plugin on every worker
+            after = [
+                bare.submit(_fit_theta_and_count_remember_data_notices, workers=[w], pure=False).result()
+                for w in workers
+            ]
+            executor.shutdown()
+        finally:
+            bare.close(timeout=10)
+    assert len(workers) == 2
+    assert all(n > 0 for n in before), before
+    assert after == [0, 0], after

@@ -144,10 +144,13 @@ class DaskExecutor:
         """The connected client; made on first use and again after it was closed."""
         from distributed import Client
 
+        from service.jobs.executors.dask_plugins import QuietWarnings
+
         with self._lock:
             if self._client is None or self._client.status in ("closing", "closed"):
                 try:
                     self._client = Client(self.address, timeout=self.connect_timeout, set_as_default=False)
+                    self._client.register_plugin(QuietWarnings())
                 except Exception as exc:
                     self._client = None
                     raise RuntimeError(f"cannot reach the Dask scheduler at {self.address}: {exc}") from exc

@@ -116,7 +116,7 @@ def time_service_retrain(server: Server, timeout: float = 1800.0) -> dict[str, f
         wall = time.perf_counter() - started
     if job["status"] != "succeeded":
         raise RuntimeError(f"retrain job {job_id} ended {job['status']}: {job['error']}")
-    return {"job_wall": wall, "fit": float(job["result"]["fit_seconds"])}
+    return {"job_wall": wall, "fit": float(job["result"]["fit_seconds"]), "result": job["result"]}
 
 
 def restart_figures(root: Path, workdir: Path) -> dict[str, float]:
@@ -134,17 +134,17 @@ def restart_figures(root: Path, workdir: Path) -> dict[str, float]:
     return {"ready_seconds": round(ready, 3), "resident_bytes": rss_kb * 1024}
 
 
-def run_service_only(workdir: Path, series: int, length: int = 120) -> dict[str, Any]:
-    """The retrain job twice (the second one gates against the first) and a restart, without
-    the sktime baselines: for sizes where those take too long."""
+def run_service_only(workdir: Path, series: int, length: int = 120, jobs_wanted: int = 2) -> dict[str, Any]:
+    """The retrain job ``jobs_wanted`` times (the second one gates against the first) and a
+    restart, without the sktime baselines: for sizes where those take too long."""
     root = workdir / "retrain-registry"
     write_model(root, series, length)
     server = start_service("retrain_service", root, workdir)
     jobs = []
     try:
         wait_ready(server)
-        for repeat in range(2):
-            say(f"service retrain {repeat + 1}/2 of {series} series")
+        for repeat in range(jobs_wanted):
+            say(f"service retrain {repeat + 1}/{jobs_wanted} of {series} series")
             jobs.append(time_service_retrain(server, timeout=7200.0))
     finally:
         server.stop()
@@ -227,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--service-only", action="store_true", help="two retrain jobs and a restart, no baselines")
+    parser.add_argument("--jobs", type=int, default=2, help="with --service-only: how many retrain jobs (1: no gate)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as folder:
         if args.service_only:
-            results = run_service_only(Path(folder), args.series)
+            results = run_service_only(Path(folder), args.series, jobs_wanted=args.jobs)
             print(json.dumps(results, indent=2))
         else:
             results = run_retrain_benchmark(Path(folder), args.series, repeats=args.repeats)

@@ -49,23 +49,36 @@ def fit_in_chunks(
     assembled, x_inner, y_inner, rows, parts = split
     levels = rows.nlevels
 
+    chunks = [
+        (i, forecaster, series_rows(y, part, levels), series_rows(x, part, levels), fh) for i, part in enumerate(parts)
+    ]
+    if on_dask_worker():  # a task per chunk on the cluster (sktime's dask backend makes one per series)
+        sizes = [len(part) for part in parts]
+
+        def chunk_progress(chunks_done: int, _total: int) -> None:
+            if progress is not None:  # chunks finish in any order: about this many series
+                progress(sum(sizes[:chunks_done]), len(rows))
+
+        fitted = dict(map_chunks(_fit_chunk, chunks, chunk_progress))
+    else:
+        fitted = _fit_locally(chunks, len(rows), progress)
+    forecasters = pd.concat([fitted[i] for i in range(len(parts))]).reindex(rows)
+    return finish_vectorized_fit(assembled, y_inner, x_inner, fh, forecasters)
+
+
+def _fit_locally(chunks: list[tuple[Any, ...]], total: int, progress: FitProgress | None) -> dict[int, pd.DataFrame]:
+    """The chunks fitted on this machine's cores, in a pool of its own."""
     fitted: dict[int, pd.DataFrame] = {}
     done = 0
     with _workers() as pool:  # a failure or a cancel (from `progress`) drops the chunks not fitted yet
-        futures = [
-            pool.submit(_fit_chunk, i, forecaster, series_rows(y, part, levels), series_rows(x, part, levels), fh)
-            for i, part in enumerate(parts)
-        ]
+        futures = [pool.submit(_fit_chunk, *chunk) for chunk in chunks]
         for future in as_completed(futures):
             index, forecasters = future.result()
             fitted[index] = forecasters
-            done += len(parts[index])
+            done += len(forecasters)
             if progress is not None:
-                progress(done, len(rows))
-
-    # what BaseForecaster.fit does around its vectorised fit, on the whole panel
-    forecasters = pd.concat([fitted[i] for i in range(len(parts))]).reindex(rows)
-    return finish_vectorized_fit(assembled, y_inner, x_inner, fh, forecasters)
+                progress(done, total)
+    return fitted
 
 
 def can_fork() -> bool:
@@ -125,8 +138,18 @@ def _split_panel(forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None) -> tu
     rows = y_inner.get_iter_indices()[0] if isinstance(y_inner, VectorizedDF) else None
     if rows is None or len(rows) < 2:
         return None
-    parts = [rows[i] for i in np.array_split(np.arange(len(rows)), min(len(rows), cpu_count() * CHUNKS_PER_CORE))]
+    parts = [rows[i] for i in np.array_split(np.arange(len(rows)), min(len(rows), _parallelism() * CHUNKS_PER_CORE))]
     return assembled, x_inner, y_inner, rows, parts
+
+
+def _parallelism() -> int:
+    """How many chunks can run at once: this machine's cores, or inside a Dask task the
+    cluster's worker threads."""
+    if on_dask_worker():
+        from distributed import get_client
+
+        return max(1, sum(get_client().nthreads().values()))
+    return cpu_count()
 
 
 def series_rows(frame: pd.DataFrame | None, labels: pd.Index, levels: int) -> pd.DataFrame | None:

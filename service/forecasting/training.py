@@ -62,7 +62,7 @@ def fit_spec(
             forecaster = _engine_forecaster(spec, forecaster)
     panel = parallel and y.index.nlevels > 1 and type(forecaster).__name__ != "StatsForecastPanel"
     on_dask = panel and on_dask_worker()
-    if panel:  # per-series fits on the cluster (sktime's dask backend) inside a Dask job, else on all local cores
+    if panel:  # chunks of series on the local cores, or on the cluster inside a Dask job
         backend = ("dask", {}) if on_dask else ("loky", {"n_jobs": -1})
         forecaster.set_config(**{"backend:parallel": backend[0], "backend:parallel:params": backend[1]})
     fh = list(range(1, spec.horizon + 1))
@@ -70,7 +70,7 @@ def fit_spec(
     with warnings.catch_warnings(), seceded():  # seceded: no-op outside a Dask task
         warnings.simplefilter("ignore")
         try:
-            fitted = fit_in_chunks(forecaster, y, x, fh, progress) if panel and not on_dask else None
+            fitted = fit_in_chunks(forecaster, y, x, fh, progress) if panel else None
             forecaster = fitted if fitted is not None else forecaster.fit(y, X=x, fh=fh)
         except Cancelled:
             raise

@@ -196,6 +196,9 @@ class ServedVersion:
         version's copy holds ``series`` only (all when None)."""
         if self.sharded is not None:
             return self.sharded.forecaster_for(series)
+        if series is not None and self._per_series:  # copies of those series' models only
+            with self.lock:
+                return series_subset(self.forecaster, series, copy=True)
         pickled = self._pickled
         if pickled is None:
             with self.lock:  # copy while no live predict is writing to it
@@ -203,6 +206,12 @@ class ServedVersion:
             if len(pickled) <= KEEP_PICKLE_BYTES:
                 self._pickled = pickled
         return pickle.loads(pickled)
+
+    @functools.cached_property
+    def _per_series(self) -> bool:
+        """One model per series (sktime's vectorisation), sharded or whole: a live request with
+        new actuals updates copies of the models of the series it names, never all of them."""
+        return self.sharded is not None or shardable(self.forecaster)
 
     @functools.cached_property
     def _position(self) -> dict[tuple[str, ...], int]:
@@ -378,8 +387,8 @@ class ServedVersion:
         if self.sharded is None:
             with self.lock:
                 forecaster = self.forecaster
-                if x is not None and series is not None and shardable(forecaster):
-                    forecaster = series_subset(forecaster, series)  # the future exogenous rows are theirs only
+                if series is not None and self._per_series:  # those series' models only (their exogenous rows)
+                    forecaster = series_subset(forecaster, series)
                 return run_forecast(forecaster, self.schema, steps, coverage, quantiles, x)
         if series is None:  # every series: shard by shard on the shared shards, never a copy of all
             with self.lock:
@@ -431,14 +440,14 @@ class ServedVersion:
             partial = len(observed) < len(leaves)
             # the series left out are listed only where they are used (filled in, or named in a 422):
             # a sharded panel's request pays for the series it names, not for all of them
-            if partial and (self.sharded is None or self.schema.kind == "hierarchical" or self.schema.exogenous):
+            if partial and (not self._per_series or self.schema.kind == "hierarchical" or self.schema.exogenous):
                 unobserved = [s for s in leaves if s not in observed]
             series = self._observed_series(series, observed, unobserved, partial)
         new_cutoff = table[self.schema.time].max()
         steps = self._steps(query, new_cutoff, limits)
         x_future = self._future_exogenous(query.exogenous, new_cutoff, steps, limits) if self.schema.exogenous else None
         coverage, quantiles = list(query.coverage), list(query.quantiles)
-        if self.sharded is None:
+        if not self._per_series:
             private = self._private_forecaster()
             if unobserved:
                 table = self._with_own_forecasts(private, table, unobserved)

@@ -71,13 +71,14 @@ def split(forecaster: Any, series_per_shard: int) -> list[Any]:
     ]
 
 
-def series_subset(forecaster: Any, series: Sequence[SeriesKey]) -> Any:
+def series_subset(forecaster: Any, series: Iterable[SeriesKey], copy: bool = False) -> Any:
     """The vectorised ``forecaster`` over ``series`` alone, in its own order. Its per-series
-    models are the whole's (shared, not copied): predict on it under the whole's lock."""
+    models are the whole's (predict on it under the whole's lock), or with ``copy`` private
+    copies of them (update it freely)."""
     inner = forecaster.forecasters_
     wanted = set(series)
     positions = [i for i, key in enumerate(series_keys(inner.index)) if key in wanted]
-    return _assemble(forecaster, [(forecaster, inner.iloc[positions])], copy=False)
+    return _assemble(forecaster, [(forecaster, inner.iloc[positions])], copy=copy)
 
 
 def shard_rows(frame: pd.DataFrame | None, shard: Any) -> pd.DataFrame | None:

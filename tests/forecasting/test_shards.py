@@ -312,3 +312,40 @@ def test_a_series_the_index_does_not_know_is_a_404(tmp_path: Path) -> None:
     assert sharded.sharded is not None
     with pytest.raises(SeriesNotFound):
         sharded.sharded.forecaster_for([("s999",)])
+
+
+def test_observations_for_some_series_of_a_whole_panel_update_copies_of_their_models_only(tmp_path: Path) -> None:
+    """A whole (unsharded) panel of per-series models takes new actuals for two of its series
+    like sktime's full update of a copy (the others continued by their own forecasts), while
+    the copy it updates holds those two series' models alone."""
+    import pickle
+
+    table = panel_table(12, seed=3)
+    forecaster = fitted(ThetaForecaster(sp=12), table, PANEL)
+    whole, _, _ = publish_both(tmp_path, forecaster, table, PANEL, per_shard=5)
+    assert whole.observations["mode"] == "refit"
+    named = [("s002",), ("s009",)]
+    new = observations(table, PANEL, named, steps=2)
+    answer = whole.answer(PredictQuery(observations=new, horizon=6, coverage=(0.8,)), LIMITS)
+
+    # sktime directly: every series' new values (the two given, the rest their own forecasts), update, predict
+    reference = pickle.loads(pickle.dumps(forecaster))
+    y_new, _ = to_sktime(new, PANEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = reference.predict(fh=[1, 2])
+        y_all = own.copy()
+        y_all.loc[y_new.index, "sales"] = y_new["sales"]
+        reference.update(y_all, update_params=True)
+        point = reference.predict(fh=list(range(1, 7)))
+        band = reference.predict_interval(fh=list(range(1, 7)), coverage=0.8)
+    keep = point.index.droplevel(-1).isin([s for (s,) in named])
+    np.testing.assert_allclose(answer.columns["sales"], point["sales"][keep].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        answer.columns["sales_lower_80"], band[("sales", 0.8, "lower")][keep].to_numpy(), rtol=1e-12
+    )
+    assert list(answer.columns["store"]) == ["s002"] * 6 + ["s009"] * 6
+
+    private = whole._private_forecaster(named)
+    assert list(private.forecasters_.index) == ["s002", "s009"]
+    assert private.forecasters_.iloc[0, 0] is not whole.forecaster.forecasters_.loc["s002"].iloc[0]

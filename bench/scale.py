@@ -78,7 +78,21 @@ obs_single = pd.DataFrame({"month": [cutoff + 1], "y": [next_value]})
 single_query = PredictQuery(observations=obs_single, horizon=12)
 single.answer(single_query, limits)
 live_single = p50(lambda: single.answer(single_query, limits), 20)
+import pyarrow as pa
+everything = Limits(max_series=len(served.series) + 1, max_rows=10**9)
+started = time.perf_counter()
+whole = served.answer(PredictQuery(coverage=(0.8,)), everything)
+select_s = time.perf_counter() - started
+started = time.perf_counter()
+sink = pa.BufferOutputStream()
+batch = pa.record_batch({k: pa.array(v) for k, v in whole.columns.items()})
+with pa.ipc.new_stream(sink, batch.schema) as writer:
+    writer.write_batch(batch)
+arrow_s = time.perf_counter() - started
+rows = len(next(iter(whole.columns.values())))
 print(json.dumps({"ready_seconds": ready, "resident_bytes": rss, "fast_10_series_p50_ms": 1000 * fast,
+    "whole_panel_rows": rows, "whole_panel_rows_per_s": rows / (select_s + arrow_s),
+    "whole_panel_select_s": select_s, "whole_panel_arrow_s": arrow_s, "whole_panel_arrow_bytes": sink.getvalue().size,
     "live_observations_1_series_first_ms": 1000 * first_live, "live_observations_1_series_p50_ms": 1000 * live,
     "single_series_model_observations_p50_ms": 1000 * live_single,
     "shards_loaded": len(served.sharded.cache.loads) if served.sharded else None,

@@ -278,6 +278,13 @@ class ModelSpec(_Strict):
         "data), refit (refit on a private copy), none (refused); auto: probed at publish, state if it moves "
         "the forecast, else refit if it moves it within the refit budget, else none",
     )
+    intervals: Literal["native", "conformal"] = Field(
+        default="native",
+        description="native: the forecaster's own prediction intervals, if it has any (sktime tag "
+        "capability:pred_int); conformal: the forecaster wrapped in sktime's ConformalIntervals (method "
+        "conformal, calibrated on the last quarter of each series' history), so point-only forecasters such "
+        "as reductions serve coverages and quantiles (see conformal_forecaster)",
+    )
     engine: Literal["auto", "sktime", "statsforecast"] = Field(
         default="sktime",
         description="panels only: statsforecast fits the forecaster's statsforecast twin natively on the "
@@ -383,7 +390,126 @@ class ModelSpec(_Strict):
         )
 
     def build_forecaster(self) -> Any:
-        return build_estimator(self.forecaster)
+        """The spec's unfitted forecaster; with ``intervals: conformal``, wrapped in sktime's
+        `ConformalIntervals` (`conformal_forecaster`), or a `SpecError` naming ``intervals``
+        when the wrapper would change the model."""
+        if self.intervals == "native":
+            return build_estimator(self.forecaster)
+        check_conformal(self, build_estimator(self.forecaster))
+        return build_estimator(conformal_node(self.forecaster))
+
+
+# ----------------------------------------------------------------------------- conformal intervals
+CONFORMAL_METHOD = "conformal"
+CONFORMAL_INITIAL_WINDOW = 0.75
+CONFORMAL_MIN_RESIDUALS = 10
+"""``intervals: conformal`` needs this many calibration residuals at the farthest step of the
+horizon for every series (`conformal_history`)."""
+
+
+def conformal_node(forecaster: Mapping[str, Any]) -> dict[str, Any]:
+    """``intervals: conformal``: the spec's forecaster wrapped in sktime's `ConformalIntervals`.
+
+    sktime refits a clone of the forecaster on every expanding window of each series that
+    ends after ``initial_window`` and records the signed residuals of the forecast of the
+    rest of the series (``residuals_matrix_``). For step h of the horizon the interval is
+    the point forecast plus/minus the ``coverage`` empirical quantile of the absolute
+    residuals at that step. Choices, and why:
+
+    - ``method="conformal"``: symmetric intervals from absolute residuals, per step (no
+      Bonferroni correction over the horizon: each step is covered at ``coverage``, as the
+      native intervals of sktime's statistical forecasters are). It uses every residual for
+      both bounds, which matters with the few dozen residuals a step has here; sktime's
+      default ``"empirical"`` estimates each tail from signed residuals, i.e. from half of them.
+    - ``initial_window=0.75``: calibration windows start after the first 75% of each series,
+      so a series of n points costs about n/4 refits of the forecaster (120 months: 30). The
+      default (10% or 10 points) would refit ~0.9 n times per series, which hundreds of
+      series cannot afford, and its earliest residuals come from models fitted on a few
+      points, which overstates the error of the model served.
+    - ``sample_frac=None``: every calibration window is used. sktime samples the windows
+      with numpy's global random state, unseeded, so the same data would give different
+      intervals on every retrain; the cost is bounded by ``initial_window`` instead.
+    - Known sktime 1.2 defects, left to sktime: step h is calibrated on the residuals of
+      h + 1 steps ahead (sktime#10766: intervals lean wide, most at step 1), and the
+      ``coverage`` quantile has no finite-sample (m + 1)/m correction (sktime#10758: with m
+      residuals coverage leans low by about 1/m). ``method="empirical_residual"`` is not
+      used: sktime 1.2 takes the wrong quantile level of it (sktime#10757).
+    - Quantiles are sktime's, derived from the intervals: level a < 0.5 is the lower bound
+      of the interval of coverage 1 - 2a, a > 0.5 the upper bound of coverage 2a - 1. The
+      bounds grow with coverage, so intervals nest and quantiles never cross; the 0.5
+      quantile is the point forecast plus the smallest absolute residual.
+
+    On a panel, sktime fits `ConformalIntervals` per series (it takes single series only),
+    so each series is calibrated on its own residuals. That is exact for per-series models
+    (``pooling: local`` reductions, statistical forecasters) and refused for a natively
+    panel forecaster (a ``pooling: global`` reduction, a reconciler): it would be fitted
+    once per series and no longer be global (`check_conformal`). Other settings: write the
+    wrapper yourself, ``{class: ConformalIntervals, params: {forecaster: ..., ...}}``.
+    """
+    return {
+        "class": "ConformalIntervals",
+        "params": {
+            "forecaster": dict(forecaster),
+            "method": CONFORMAL_METHOD,
+            "initial_window": CONFORMAL_INITIAL_WINDOW,
+            "sample_frac": None,
+        },
+    }
+
+
+def natively_panel(estimator: Any) -> bool:
+    """Whether sktime fits ``estimator`` on a whole panel at once (its inner y types include a
+    Panel or Hierarchical mtype), rather than one clone per series."""
+    from sktime.datatypes import mtype_to_scitype
+
+    get_tag = getattr(estimator, "get_tag", None)
+    if get_tag is None:
+        return False
+    mtypes = get_tag("y_inner_mtype", "pd.Series", raise_error=False)
+    mtypes = [mtypes] if isinstance(mtypes, str) else list(mtypes or [])
+    return any(mtype_to_scitype(m) in ("Panel", "Hierarchical") for m in mtypes)
+
+
+def check_conformal(spec: ModelSpec, estimator: Any) -> None:
+    """Refuse ``intervals: conformal`` where sktime's `ConformalIntervals` (single series, one
+    target at a time) would change the model: a natively panel forecaster on a panel or
+    hierarchy, a multivariate one on several targets, the statsforecast engine."""
+    name = type(estimator).__name__
+    if spec.kind in ("panel", "hierarchical") and natively_panel(estimator):
+        pooled = " (pooling: global)" if getattr(estimator, "pooling", None) == "global" else ""
+        raise SpecError(
+            f"intervals: conformal cannot wrap {name}{pooled} on a {spec.kind}: sktime's ConformalIntervals "
+            "takes one series at a time, so the forecaster would be fitted once per series and no longer be "
+            "one model over all series; use a per-series forecaster (e.g. pooling: local), or intervals: native",
+            field="intervals",
+            forecaster=name,
+        )
+    targets = spec.data.targets or []
+    if len(targets) > 1 and estimator.get_tags().get("capability:multivariate"):
+        raise SpecError(
+            f"intervals: conformal cannot wrap {name} on {len(targets)} targets: sktime's ConformalIntervals "
+            "takes one target at a time, so a multivariate forecaster would be fitted once per target; "
+            "use intervals: native",
+            field="intervals",
+            forecaster=name,
+        )
+    if spec.engine == "statsforecast":
+        raise SpecError(
+            "intervals: conformal runs on the sktime engine only (engine: statsforecast fits the forecaster's "
+            "statsforecast twin, which has native intervals): use engine sktime or auto, or intervals: native",
+            field="intervals",
+        )
+
+
+def conformal_history(horizon: int) -> int:
+    """The shortest series ``intervals: conformal`` can calibrate for ``horizon`` steps: its
+    last quarter of cutoffs (k of them) must hold `CONFORMAL_MIN_RESIDUALS` residuals at the
+    farthest step: k - horizon (sktime 1.2 reads the diagonal at offset h of its k x k
+    residuals matrix for step h)."""
+    n = horizon + 1
+    while n - math.floor(CONFORMAL_INITIAL_WINDOW * n) - horizon < CONFORMAL_MIN_RESIDUALS:
+        n += 1
+    return n
 
 
 def parse_model_spec(raw: Any, origin: str = "spec") -> ModelSpec:
@@ -500,7 +626,7 @@ def check_against_dataset(spec: ModelSpec, datasets: DatasetStore) -> tuple[Mode
     shortest = int(lengths.min()) if len(lengths) else 0
     needed = MIN_HISTORY_HORIZONS * resolved.horizon
     if shortest < needed:
-        which = "" if not keys else f" (series {'/'.join(map(str, _as_tuple(lengths.idxmin())))})"
+        which = which_series(keys, lengths)
         raise SpecError(
             f"horizon {resolved.horizon} needs at least {needed} observations per series ({MIN_HISTORY_HORIZONS} "
             f"horizons: the promotion gate holds the last one out); the shortest series of dataset '{name}'"
@@ -509,6 +635,8 @@ def check_against_dataset(spec: ModelSpec, datasets: DatasetStore) -> tuple[Mode
             shortest_history=shortest,
             required_history=needed,
         )
+    if resolved.intervals == "conformal" and shortest < conformal_history(resolved.horizon):
+        raise conformal_too_short(resolved.horizon, shortest, f"dataset '{name}'" + which_series(keys, lengths))
     return resolved, {
         "checked": True,
         "dataset": name,
@@ -522,6 +650,25 @@ def check_against_dataset(spec: ModelSpec, datasets: DatasetStore) -> tuple[Mode
         "required_history": needed,
         "warnings": capability_warnings(resolved),
     }
+
+
+def which_series(keys: list[str], lengths: pd.Series) -> str:
+    """`` (series A/B)``: the shortest series of a panel, for a message; empty for one series."""
+    return "" if not keys else f" (series {'/'.join(map(str, _as_tuple(lengths.idxmin())))})"
+
+
+def conformal_too_short(horizon: int, shortest: int, where: str) -> SpecError:
+    """The 422 for ``intervals: conformal`` on series too short to calibrate ``horizon`` steps."""
+    needed = conformal_history(horizon)
+    return SpecError(
+        f"intervals: conformal calibrates on the last {1 - CONFORMAL_INITIAL_WINDOW:.0%} of each series and needs "
+        f"{CONFORMAL_MIN_RESIDUALS} residuals at step {horizon}, so at least {needed} observations per series; "
+        f"the shortest series of {where} has {shortest}: lower the horizon, add history, or wrap the forecaster "
+        "yourself ({class: ConformalIntervals, params: {forecaster: ..., initial_window: ...}})",
+        field="intervals",
+        shortest_history=shortest,
+        required_history=needed,
+    )
 
 
 def resolved_from(spec: ModelSpec) -> list[str]:
@@ -540,12 +687,20 @@ def capability_warnings(spec: ModelSpec) -> list[str]:
         return []
     estimator = spec.build_forecaster()
     get_tag = getattr(estimator, "get_tag", None)
-    if get_tag is None or get_tag("capability:pred_int", False):
+    if get_tag is None:
+        return []
+    if get_tag("capability:pred_int", False):
+        inner = getattr(estimator, "forecaster", None)
+        if type(estimator).__name__ == "ConformalIntervals" and spec.kind != "single" and natively_panel(inner):
+            return [  # written by hand: intervals: conformal refuses this (check_conformal)
+                f"ConformalIntervals takes one series at a time: on a {spec.kind} it fits "
+                f"{type(inner).__name__} once per series, which is then no longer one model over all series"
+            ]
         return []
     return [
         f"the spec asks for {' and '.join(wanted)}, but {type(estimator).__name__} gives no prediction intervals "
         "(sktime tag capability:pred_int is False): a version would serve point forecasts only, and a retrain "
-        "does not promote it (wrap it, e.g. in ConformalIntervals)"
+        "does not promote it (set intervals: conformal, which wraps it in sktime's ConformalIntervals)"
     ]
 
 

@@ -19,7 +19,15 @@ from service.forecasting.engines import StatsForecastPanel, statsforecast_twin
 from service.forecasting.progress import Cancelled, FitProgress, Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.reduction import fast_reduction
-from service.forecasting.specs import ModelSpec, read_spec
+from service.forecasting.specs import (
+    ModelSpec,
+    build_estimator,
+    check_conformal,
+    conformal_history,
+    conformal_too_short,
+    natively_panel,
+    read_spec,
+)
 from service.observability import quiet_sktime_warnings
 from service.processes import on_dask_worker, seceded
 from service.registry.store import Registry
@@ -52,6 +60,8 @@ def fit_spec(
     table = canonical_table(training, schema, what="training data")
     y, x = to_sktime(table, schema)
     forecaster = spec.build_forecaster()
+    if spec.intervals == "conformal":
+        _check_conformal_data(spec, y)
     if spec.engine != "sktime" and y.index.nlevels > 1:
         if x is not None and spec.engine == "statsforecast":
             raise InvalidInput(
@@ -81,6 +91,20 @@ def fit_spec(
     if spec.engine == "auto":  # a global recursive reduction predicts the whole panel at once, same numbers
         forecaster = fast_reduction(forecaster)
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
+
+
+def _check_conformal_data(spec: ModelSpec, y: pd.DataFrame) -> None:
+    """``intervals: conformal`` on the data itself (a spec whose source is not an uploaded
+    dataset is checked only here): every series long enough to calibrate the horizon, and
+    no natively panel forecaster on a panel (its kind may have come from the data)."""
+    panel = y.index.nlevels > 1
+    if panel and natively_panel(build_estimator(spec.forecaster)):
+        check_conformal(spec.model_copy(update={"kind": "panel"}), build_estimator(spec.forecaster))
+    lengths = y.groupby(level=list(range(y.index.nlevels - 1))).size() if panel else pd.Series([len(y)])
+    shortest = int(lengths.min())
+    if shortest < conformal_history(spec.horizon):
+        which = f" (series {lengths.idxmin()})" if panel else ""
+        raise conformal_too_short(spec.horizon, shortest, "the training data" + which)
 
 
 def _engine_forecaster(spec: ModelSpec, forecaster: Any) -> Any:

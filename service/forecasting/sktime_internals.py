@@ -25,6 +25,8 @@ PRIVATE_NAMES: dict[tuple[str, str], str] = {
     "telling a per-series panel (sharded versions) from a natively panel one",
     ("BaseForecaster", "_yvec"): "the VectorizedDF a vectorised fit keeps, as fit does",
     ("BaseForecaster", "_state"): "marking a chunk-fitted forecaster fitted, as fit does",
+    ("BaseForecaster", "_get_varnames"): "the target's variable names for the quantile columns of our own "
+    "forecasters (forecasting/auto.py), as sktime's own forecasters name them",
     ("ReconcilerForecaster", "_requires_residuals"): "refusing update strategies sktime 1.2 cannot run",
     ("_GeneralisedStatsForecastAdapter", "_instantiate_model"): "the statsforecast model a StatsForecast* "
     "adapter fits per series, fitted natively on the whole panel (forecasting/engines.py)",
@@ -58,6 +60,11 @@ def _get(obj: Any, name: str) -> Any:
 def remembered_y(forecaster: Any) -> Any:
     """The target data a fitted sktime forecaster remembers (None for other objects)."""
     return getattr(forecaster, "_y", None)
+
+
+def variable_names(forecaster: Any) -> list[Any]:
+    """The target's variable names a fitted forecaster saw in fit (one per column)."""
+    return list(_get(forecaster, "_get_varnames")())
 
 
 def remembered_x(forecaster: Any) -> Any:

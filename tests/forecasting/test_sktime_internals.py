@@ -91,6 +91,16 @@ def test_a_missing_name_fails_loudly_naming_it() -> None:
         sktime_internals.finish_vectorized_fit(Bare(), None, None, [1], pd.DataFrame())
 
 
+def test_variable_names_of_a_vectorised_fit_via_get_varnames() -> None:
+    """_get_varnames: the target's column names, also inside a vectorised fit's per-series
+    forecasters (where the inner pd.Series has lost its name)."""
+    assert ("BaseForecaster", "_get_varnames") in PRIVATE_NAMES
+    forecaster = NaiveForecaster().fit(panel(), fh=[1])
+    assert sktime_internals.variable_names(forecaster) == ["y"]
+    inner = forecaster.forecasters_.iloc[0, 0]
+    assert sktime_internals.variable_names(inner) == ["y"]
+
+
 def test_every_private_name_is_tested() -> None:
     """A new entry in PRIVATE_NAMES needs a test here that names it."""
     source = Path(__file__).read_text()

@@ -44,6 +44,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # (importer, imported) inside a function, with the reason it cannot be at the top
 DEFERRED: dict[tuple[str, str], str] = {
+    ("service.jobs.executors.dask", "service.jobs.executors.dask_plugins"): (
+        "optional dependency: the plugin subclasses distributed's WorkerPlugin, imported only once a "
+        "scheduler is configured (the scale extra)"
+    ),
     **{
         ("service.cli", target): "start-up cost: `forecast-service models list` must not import sktime or FastAPI"
         for target in (

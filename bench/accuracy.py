@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import machine_info, write_results
+from bench.retrain import retrain_and_wait
 from bench.servers import Server, start_service, wait_ready
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -112,18 +113,7 @@ def run_http(
             model = f"{name}-{method.lower()}"
             client.put(f"/v1/models/{model}", json=spec(name, horizon, method)).raise_for_status()
             say(f"{name}: retrain {method}")
-            started = time.perf_counter()
-            job = client.post(f"/v1/models/{model}/retrain", json={})
-            job.raise_for_status()
-            job_id = job.json()["id"]
-            while True:
-                state = client.get(f"/v1/jobs/{job_id}").json()
-                if state["status"] not in ("queued", "running"):
-                    break
-                time.sleep(0.5)
-            wall = time.perf_counter() - started
-            if state["status"] != "succeeded":
-                raise RuntimeError(f"{model}: retrain ended {state['status']}: {state.get('error')}")
+            state, wall = retrain_and_wait(client, model, timeout=3600.0)
             response = client.post(f"/v1/models/{model}/predict", json={"horizon": horizon})
             response.raise_for_status()
             forecast = pd.DataFrame(response.json()["forecast"])

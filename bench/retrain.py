@@ -100,22 +100,28 @@ def time_statsforecast(table: pd.DataFrame) -> dict[str, float] | None:
     return {"fit": time.perf_counter() - started, "compile": compile_s}
 
 
-def time_service_retrain(server: Server, timeout: float = 1800.0) -> dict[str, float]:
-    base = f"http://127.0.0.1:{server.port}"
-    with httpx.Client(base_url=base, timeout=30.0) as client:
-        started = time.perf_counter()
-        response = client.post(f"/v1/models/{MODEL}/retrain", json={})
-        response.raise_for_status()
-        job_id = response.json()["id"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
-        wall = time.perf_counter() - started
+def retrain_and_wait(client: httpx.Client, model: str, timeout: float = 1800.0) -> tuple[dict[str, Any], float]:
+    """POST a retrain of ``model`` and poll until the job ends: the succeeded job and the
+    wall seconds from the POST (a RuntimeError for any other end)."""
+    started = time.perf_counter()
+    response = client.post(f"/v1/models/{model}/retrain", json={})
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
     if job["status"] != "succeeded":
-        raise RuntimeError(f"retrain job {job_id} ended {job['status']}: {job['error']}")
+        raise RuntimeError(f"{model}: retrain job {job_id} ended {job['status']}: {job.get('error')}")
+    return job, wall
+
+
+def time_service_retrain(server: Server, timeout: float = 1800.0) -> dict[str, Any]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30.0) as client:
+        job, wall = retrain_and_wait(client, MODEL, timeout)
     return {"job_wall": wall, "fit": float(job["result"]["fit_seconds"]), "result": job["result"]}
 
 

@@ -1004,6 +1004,127 @@ def retrain(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def leaderboard(
+    name: str,
+    candidates: Annotated[
+        Path,
+        typer.Option(
+            help="YAML or JSON: a list of candidates ({name, forecaster, intervals, engine}), or the whole "
+            "leaderboard body ({candidates, splitter, metrics, rank_by, ...})",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    registry: RegistryOption = None,
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+    horizon: Annotated[
+        int | None, typer.Option(help="Steps forecast in each fold (default: the file's, or 12)")
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="How many last windows (default: the file's, or 3)")] = None,
+    rank_by: Annotated[str | None, typer.Option(help="The metric that ranks (default: the spec's gate metric)")] = None,
+    publish_best: Annotated[
+        bool, typer.Option("--publish-best", help="Retrain with the winner through the promotion gate")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Backtest candidate forecaster specs on the model's data and rank them (with the
+    seasonal-naive baseline and each one's forecast value added); offline on the registry
+    folder with a progress bar, or as a job of the server at --url."""
+    from service.documents import load_document
+
+    doc = load_document(candidates.read_bytes(), "json" if candidates.suffix == ".json" else "yaml", str(candidates))
+    body = dict(doc) if isinstance(doc, dict) else {"candidates": doc}
+    splitter = dict(body.get("splitter") or {"type": "folds"})
+    splitter.update({k: v for k, v in {"horizon": horizon, "folds": folds}.items() if v is not None})
+    body["splitter"] = splitter
+    if rank_by is not None:
+        body["rank_by"] = rank_by
+    publish = "best" if publish_best else None
+    if url:
+        with _remote(url, api_key) as client:
+            job = client.leaderboard(name, body, publish=publish, wait=True, check=False)
+    else:
+        job = _local_leaderboard(name, body, publish, registry, data_dir)
+    if job["status"] != "succeeded":
+        _die(f"leaderboard job {job['id'][:SHORT_ID]} {job['status']}: {job.get('error')}")
+    result = job["result"]
+    if as_json:
+        _print_json(result)
+        return
+    metrics = result["metrics"]
+    table = Table("rank", "candidate", *metrics, f"FVA {result['rank_by']} %", "series won", "status")
+    for row in result["candidates"]:
+        fva = (row.get("fva") or {}).get(result["rank_by"])
+        table.add_row(
+            str(row["rank"] or "-"),
+            row["name"] + (" (baseline)" if row.get("baseline") else ""),
+            *[_fmt((row.get("aggregate") or {}).get(m)) for m in metrics],
+            _fmt(fva),
+            str(result["wins"].get(row["name"], 0)),
+            row["status"] + (f": {row['error'][:60]}" if row.get("error") else ""),
+        )
+    console.print(table)
+    if result.get("published"):
+        published = result["published"]
+        console.print(
+            f"published {published['candidate']} as v{published['version']}: {published['decision']} "
+            f"({published['reason']})"
+        )
+
+
+def _local_leaderboard(
+    name: str, body: dict[str, Any], publish: str | None, registry: Path | None, data_dir: Path | None
+) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from service.datasets.store import DatasetStore
+    from service.jobs.executors.local import LocalProcessExecutor
+    from service.jobs.retrain import model_spec
+    from service.jobs.runner import JobRunner
+    from service.jobs.submit import submit_leaderboard
+    from service.runtime import worker_context
+    from service.schemas.jobs import LeaderboardBody
+
+    settings = _settings(registry, data_dir)
+    reg = _registry(registry)
+    folder = _data_dir(data_dir, registry)
+    try:
+        parsed = LeaderboardBody.model_validate(body)
+    except ValidationError as exc:
+        _die(f"the candidates file is not a leaderboard: {exc}")
+    store = _job_store(registry, data_dir)
+    datasets = DatasetStore(folder)
+    try:
+        spec = model_spec(reg, datasets, name, "run a leaderboard")
+        request = parsed.to_request(spec.table_schema().keys, spec.promotion.metric)
+        job = submit_leaderboard(
+            store,
+            reg,
+            datasets,
+            name,
+            request,
+            publish=publish,
+            promote=parsed.promote,
+            dataset_version=parsed.dataset_version,
+            sql_url=settings.sql_url,
+            sources_root=settings.sources_root,
+        )
+    except ServiceError as exc:
+        _fail(exc)
+    err_console.print(f"leaderboard job {job.id[:SHORT_ID]} of {name}: {len(request.candidates)} candidates")
+    runner = JobRunner(
+        store,
+        LocalProcessExecutor(),
+        worker_context(settings, reg),
+        max_concurrent=1,
+        stale_after=settings.job_stale_seconds,
+    )
+    return dict(_follow(store, job.id, runner).public())
+
+
 # ---------------------------------------------------------------------- jobs
 def _job_rows(jobs: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return [

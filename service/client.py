@@ -381,6 +381,24 @@ class Client:
         )
         return self.wait(job, timeout=timeout, progress=progress, check=check) if wait else job
 
+    def leaderboard(
+        self,
+        name: str,
+        body: Mapping[str, Any],
+        *,
+        publish: Literal["best"] | None = None,
+        wait: bool = False,
+        progress: bool = True,
+        timeout: float = 3600.0,
+        check: bool = True,
+    ) -> dict[str, Any]:
+        """Start a leaderboard job: ``body`` has ``candidates`` (each ``{name, forecaster}``)
+        and optionally ``splitter``, ``metrics``, ``rank_by``; ``publish="best"`` retrains
+        with the winner through the gate. Returns the job; ``wait``: the finished job."""
+        query = {"publish": publish} if publish else {}
+        job = self._json("POST", f"/v1/models/{name}/leaderboard", json=dict(body), params=query)
+        return self.wait(job, timeout=timeout, progress=progress, check=check) if wait else job
+
     def retrain(
         self,
         name: str,

@@ -3,6 +3,7 @@ metrics from the fold data it returns. Reused by the retrain gate."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -15,6 +16,7 @@ import pandas as pd
 
 from service.errors import CapabilityUnavailable, InvalidInput
 from service.forecasting.chunked_fit import map_chunks, series_chunks
+from service.forecasting.progress import Cancelled
 from service.forecasting.sktime_internals import requires_residuals
 from service.tables import TOTAL, Schema, format_time
 
@@ -25,6 +27,90 @@ DEFAULT_METRICS = ("MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE")
 
 
 _PREDICTION_COLUMN = {"pinball": "y_pred_quantiles", "coverage": "y_pred_interval"}
+
+BASELINE = "seasonal_naive"
+"""The name of the baseline every backtest and leaderboard reports forecast value added against."""
+
+_SEASONS = (("min", 60), ("h", 24), ("H", 24), ("B", 5), ("D", 7), ("W", 52), ("M", 12), ("Q", 4))
+
+
+def season_length(freq: str | None) -> int:
+    """The usual season of a period frequency (M: 12, Q: 4, W: 52, D: 7, B: 5, h: 24,
+    min: 60); 1 for years, integer indices and anything else."""
+    if not freq:
+        return 1
+    for prefix, length in _SEASONS:
+        if freq.startswith(prefix):
+            return length
+    return 1
+
+
+def baseline_node(freq: str | None) -> dict[str, Any]:
+    """The baseline as a forecaster spec: sktime's seasonal naive (the last season repeated)."""
+    return {"class": "NaiveForecaster", "params": {"strategy": "last", "sp": season_length(freq)}}
+
+
+def baseline_forecaster(freq: str | None) -> Any:
+    from sktime.forecasting.naive import NaiveForecaster
+
+    return NaiveForecaster(**baseline_node(freq)["params"])
+
+
+def forecast_value_added(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, float | None]:
+    """Per point metric both have: 100 (baseline - model) / baseline, the percentage of the
+    baseline's error the model removes (positive: the model adds value; Gilliland's FVA)."""
+    out: dict[str, float | None] = {}
+    for name, base in baseline.items():
+        value = model.get(name)
+        if name not in POINT_METRICS or name not in model:
+            continue
+        usable = isinstance(value, float | int) and isinstance(base, float | int) and base != 0
+        out[name] = 100.0 * (float(base) - float(value)) / float(base) if usable else None  # type: ignore[arg-type]
+    return out
+
+
+def baseline_request(request: BacktestRequest) -> BacktestRequest | None:
+    """The request the baseline runs: the same splitter, strategy and series, point metrics
+    only (None when the request has none)."""
+    points = tuple(m for m in request.metrics if m in POINT_METRICS)
+    if not points:
+        return None
+    return dataclasses.replace(request, metrics=points, coverage=(), quantiles=())
+
+
+def run_baseline(
+    y: pd.DataFrame, request: BacktestRequest, schema: Schema, on_progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any] | None:
+    """The seasonal-naive backtest of ``y`` on ``request``'s splitter: {name, forecaster,
+    aggregate, per_series} or {name, forecaster, error}; None without point metrics."""
+    points = baseline_request(request)
+    if points is None:
+        return None
+    out: dict[str, Any] = {"name": BASELINE, "forecaster": baseline_node(schema.freq)}
+    try:
+        result, _ = run_backtest(baseline_forecaster(schema.freq), y, None, points, schema, on_progress, chunked=True)
+    except Cancelled:
+        raise
+    except Exception as exc:  # e.g. a series shorter than its season: reported, the backtest stands
+        return {**out, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    return {**out, "aggregate": result["aggregate"], "per_series": result["per_series"]}
+
+
+def with_value_added(result: dict[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``result`` (a backtest's) with the baseline's aggregate and the forecast value added
+    against it, overall (``fva``) and in each per-series row."""
+    if baseline is None:
+        return result
+    result["baseline"] = {k: v for k, v in baseline.items() if k != "per_series"}
+    if "aggregate" not in baseline:
+        result["fva"] = None
+        return result
+    result["fva"] = forecast_value_added(result["aggregate"], baseline["aggregate"])
+    by_series = {tuple(row["series"]): row["metrics"] for row in baseline["per_series"]}
+    for row in result["per_series"]:
+        base = by_series.get(tuple(row["series"]))
+        row["fva"] = forecast_value_added(row["metrics"], base) if base is not None else None
+    return result
 
 
 def _wape(y_true: Any, y_pred: Any, **_: Any) -> float:
@@ -246,12 +332,16 @@ def run_backtest(
     schema: Schema,
     on_progress: Callable[[int, int], None] | None = None,
     chunked: bool = False,
+    isolate_failures: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Run sktime's `evaluate`; returns (result document, fold predictions long table).
 
     ``chunked``: a forecaster sktime vectorises per series runs `evaluate` per chunk of series
     on chunked_fit's workers; fold data are concatenated in the panel's order and each fold's
-    panel score is computed on them as `evaluate` does; fit and predict times are summed."""
+    panel score is computed on them as `evaluate` does; fit and predict times are summed.
+    ``isolate_failures`` (with ``chunked``): a chunk that fails is evaluated series by series,
+    the series that fail are left out of the scores and listed in ``failed_series`` with
+    their error (all failing: `InvalidInput` with the first error)."""
     from sktime.forecasting.model_evaluation import evaluate
 
     n_folds = request.splitter.build().get_n_splits(y)
@@ -261,11 +351,21 @@ def run_backtest(
         if chunks is not None:
             metrics = metric_objects(request.metrics, request.coverage, request.quantiles)
             started = time.perf_counter()
+            worker = _evaluate_chunk_isolated if isolate_failures else _evaluate_chunk
             tasks = [(forecaster, cy, cx, request, metrics) for cy, cx in chunks]
-            parts = map_chunks(_evaluate_chunk, tasks, lambda d, t: report(n_folds * d // t if d < t else 0, n_folds))
+            parts = map_chunks(worker, tasks, lambda d, t: report(n_folds * d // t if d < t else 0, n_folds))
+            failed: list[dict[str, Any]] = []
+            if isolate_failures:
+                failed = [f for _, fails in parts for f in fails]
+                parts = [frame for frames, _ in parts for frame in frames]
+                if not parts:
+                    raise InvalidInput(f"failed on every series; the first: {failed[0]['error']}")
             frame = _combine(parts, metrics, list(request.metrics))
             report(n_folds, n_folds)
-            return _summarise(frame, metrics, request, schema, time.perf_counter() - started)
+            result, predictions = _summarise(frame, metrics, request, schema, time.perf_counter() - started)
+            if isolate_failures:
+                result["failed_series"] = failed
+            return result, predictions
     splitter = _ProgressSplitter(request.splitter.build(), lambda i: report(i, n_folds)).install()
     metrics = metric_objects(request.metrics, request.coverage, request.quantiles)
     started = time.perf_counter()
@@ -364,6 +464,26 @@ def _evaluate_chunk(forecaster: Any, y: Any, x: Any, request: BacktestRequest, m
             return_data=True,
             error_score="raise",
         )
+
+
+def _evaluate_chunk_isolated(
+    forecaster: Any, y: pd.DataFrame, x: Any, request: BacktestRequest, metrics: list[Any]
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """`_evaluate_chunk`, and when the chunk fails, each of its series alone: (the frames of
+    the chunk or of the series that worked, [{series, error}] of those that failed)."""
+    with contextlib.suppress(Exception):  # some series fail: find which below
+        return [_evaluate_chunk(forecaster, y, x, request, metrics)], []
+    frames, failed = [], []
+    instances = y.index.droplevel(-1)
+    for key in instances.unique():
+        rows = instances == key
+        x_rows = x[x.index.droplevel(-1) == key] if x is not None else None
+        try:
+            frames.append(_evaluate_chunk(forecaster, y[rows], x_rows, request, metrics))
+        except Exception as exc:
+            series = [str(v) for v in (key if isinstance(key, tuple) else (key,))]
+            failed.append({"series": series, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    return frames, failed
 
 
 def _combine(parts: list[pd.DataFrame], metrics: list[Any], names: list[str]) -> pd.DataFrame:

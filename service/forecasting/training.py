@@ -59,17 +59,7 @@ def fit_spec(
     schema = spec.table_schema()
     table = canonical_table(training, schema, what="training data")
     y, x = to_sktime(table, schema)
-    forecaster = spec.build_forecaster()
-    if spec.intervals == "conformal":
-        _check_conformal_data(spec, y)
-    if spec.engine != "sktime" and y.index.nlevels > 1:
-        if x is not None and spec.engine == "statsforecast":
-            raise InvalidInput(
-                "engine: statsforecast takes no exogenous data (it would drop the regressors); use engine sktime",
-                field="engine",
-            )
-        if x is None:  # with exogenous data, auto keeps sktime: the engine would fit without the regressors
-            forecaster = _engine_forecaster(spec, forecaster)
+    forecaster = spec_forecaster(spec, y, x)
     panel = parallel and y.index.nlevels > 1 and type(forecaster).__name__ != "StatsForecastPanel"
     on_dask = panel and on_dask_worker()
     if panel:  # chunks of series on the local cores, or on the cluster inside a Dask job
@@ -91,6 +81,23 @@ def fit_spec(
     if spec.engine == "auto":  # a global recursive reduction predicts the whole panel at once, same numbers
         forecaster = fast_reduction(forecaster)
     return FitResult(forecaster, table, schema, time.perf_counter() - started, y, x)
+
+
+def spec_forecaster(spec: ModelSpec, y: pd.DataFrame, x: pd.DataFrame | None = None) -> Any:
+    """The spec's unfitted forecaster for this data: ``intervals: conformal`` checked against
+    it, on the statsforecast engine where ``engine`` asks for it."""
+    forecaster = spec.build_forecaster()
+    if spec.intervals == "conformal":
+        _check_conformal_data(spec, y)
+    if spec.engine != "sktime" and y.index.nlevels > 1:
+        if x is not None and spec.engine == "statsforecast":
+            raise InvalidInput(
+                "engine: statsforecast takes no exogenous data (it would drop the regressors); use engine sktime",
+                field="engine",
+            )
+        if x is None:  # with exogenous data, auto keeps sktime: the engine would fit without the regressors
+            forecaster = _engine_forecaster(spec, forecaster)
+    return forecaster
 
 
 def _check_conformal_data(spec: ModelSpec, y: pd.DataFrame) -> None:

@@ -18,7 +18,7 @@ from service.forecasting.backtest import POINT_METRICS, BacktestRequest, Splitte
 from service.forecasting.progress import Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.shards import load_fitted
-from service.forecasting.specs import read_spec
+from service.forecasting.specs import ModelSpec, parse_model_spec, read_spec
 from service.forecasting.training import fit_spec, with_quiet_workers
 from service.registry.store import Registry
 
@@ -67,6 +67,42 @@ def decide(policy: Promote, candidate: float | None, production: float | None, t
     return False, f"candidate {candidate:.6g} is worse than production {production:.6g} (tolerance {tolerance:g})"
 
 
+def model_spec(registry: Registry, datasets: DatasetStore, name: str, what: str = "retrain") -> ModelSpec:
+    """The model's spec (a dataset spec with the roles it leaves to its dataset); a 404 for
+    an unknown model, a 422 for one without a spec."""
+    registry.require_model(name)
+    spec = read_spec(registry, name, datasets)
+    if spec is None:
+        raise InvalidInput(f"model '{name}' has no spec (model.yaml) to {what} from", model=name)
+    return spec
+
+
+def load_training_data(
+    registry: Registry,
+    datasets: DatasetStore,
+    name: str,
+    spec: ModelSpec,
+    dataset_version: str | None = None,
+    *,
+    sql_url: str | None = None,
+    sources_root: Path | None = None,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The spec's data and where it is kept: a declared source (builtin, path, SQL) is
+    snapshotted as a dataset version ``{name}.source``, so what was trained on stays readable."""
+    raw, version_read = read_source(
+        spec.data.source,
+        base_dir=registry.model_dir(name),
+        sources_root=sources_root,
+        datasets=datasets,
+        sql_url=sql_url,
+        dataset_version=dataset_version,
+    )
+    if version_read is None:  # a declared source: snapshot it as a dataset version
+        snapshot = datasets.put(f"{name}.source", raw, Roles.from_schema(spec.table_schema()))
+        return raw, {"dataset": f"{name}.source", "version": snapshot["version"]}
+    return raw, {"dataset": spec.data.source["dataset"], "version": version_read}
+
+
 def retrain(
     registry: Registry,
     datasets: DatasetStore,
@@ -77,31 +113,27 @@ def retrain(
     sql_url: str | None = None,
     sources_root: Path | None = None,
     progress: Progress | None = None,
+    spec_update: Mapping[str, Any] | None = None,
+    data: tuple[pd.DataFrame, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """``spec_update``: fields of the spec replaced for this retrain (a leaderboard's winner:
+    forecaster, intervals, engine); the published version's manifest records the spec it
+    was fitted from. ``data``: the table and its reference when already read."""
     say = progress or (lambda stage, done, total: None)
-    spec = read_spec(registry, name, datasets)  # a dataset spec: the roles it leaves out from the dataset
-    if spec is None:
-        raise InvalidInput(f"model '{name}' has no spec to retrain from", model=name)
+    spec = model_spec(registry, datasets, name)
+    raw_spec = registry.read_spec_raw(name)
+    if spec_update:
+        raw_spec = {**(raw_spec or {}), **spec_update}
+        spec = parse_model_spec({**spec.model_dump(exclude_unset=True), **spec_update}, origin=f"{name} updated")
     schema = spec.table_schema()
     policy: Promote = params.promote or spec.promotion.policy
     metric = check_gate_metric(params.gate_metric or spec.promotion.metric)
     tolerance = spec.promotion.tolerance if params.gate_tolerance is None else params.gate_tolerance
 
     say("loading data", 0, None)
-    raw, version_read = read_source(
-        spec.data.source,
-        base_dir=registry.model_dir(name),
-        sources_root=sources_root,
-        datasets=datasets,
-        sql_url=sql_url,
-        dataset_version=params.dataset_version,
+    raw, data_ref = data or load_training_data(
+        registry, datasets, name, spec, params.dataset_version, sql_url=sql_url, sources_root=sources_root
     )
-    if version_read is None:  # a declared source: snapshot it as a dataset version
-        roles = Roles.from_schema(schema)
-        snapshot = datasets.put(f"{name}.source", raw, roles)
-        data_ref = {"dataset": f"{name}.source", "version": snapshot["version"]}
-    else:
-        data_ref = {"dataset": spec.data.source["dataset"], "version": version_read}
     say("fitting", 0, None)
     fitted = fit_spec(spec, raw, parallel=True, progress=lambda done, total: say("fitting", done, total))
     candidate, table, y, x = fitted.forecaster, fitted.training, fitted.y, fitted.x
@@ -143,7 +175,7 @@ def retrain(
             horizon=spec.horizon,
             coverage=spec.coverage,
             quantiles=spec.quantiles,
-            spec=registry.read_spec_raw(name),
+            spec=raw_spec,
             source=spec.data.source,
             dataset_version=f"{data_ref['dataset']}@{data_ref['version']}",
             job_id=job_id,

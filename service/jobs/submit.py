@@ -11,13 +11,15 @@ from typing import Any
 
 import pandas as pd
 
-from service.datasets.sources import resolve_source_path
+from service.datasets.sources import read_source, resolve_source_path
 from service.datasets.store import DatasetStore
-from service.errors import InvalidInput, SeriesNotFound
+from service.errors import InvalidInput, SeriesNotFound, SpecError
 from service.forecasting.backtest import BacktestRequest, validate_request
+from service.forecasting.leaderboard import LeaderboardRequest, check_request
 from service.forecasting.served import ServedVersion
 from service.forecasting.specs import read_spec
-from service.jobs.retrain import RetrainParams, check_gate_metric
+from service.forecasting.training import spec_forecaster
+from service.jobs.retrain import RetrainParams, check_gate_metric, model_spec
 from service.jobs.store import Job, JobStore
 from service.registry.store import Registry
 from service.tables import Schema, canonical_table, to_sktime
@@ -121,3 +123,70 @@ def submit_retrain(
     if wake is not None:
         wake()
     return job, created
+
+
+def submit_leaderboard(
+    jobs: JobStore,
+    registry: Registry,
+    datasets: DatasetStore,
+    name: str,
+    request: LeaderboardRequest,
+    *,
+    publish: str | None = None,
+    promote: str | None = None,
+    dataset_version: str | None = None,
+    submitter: str | None = None,
+    max_active: int | None = None,
+    sql_url: str | None = None,
+    sources_root: Path | None = None,
+    wake: Wake | None = None,
+) -> Job:
+    """Check the candidates, the splitter and the series against the model's data (a 422
+    leaves nothing behind), then queue one job for every candidate and fold."""
+    registry.require_model(name)
+    spec = model_spec(registry, datasets, name, "run a leaderboard")
+    specs = check_request(spec, request)
+    if promote not in (None, "auto", "always", "never"):
+        raise InvalidInput("'promote' must be auto, always or never", field="promote")
+    raw, version_read = read_source(
+        spec.data.source,
+        base_dir=registry.model_dir(name),
+        sources_root=sources_root,
+        datasets=datasets,
+        sql_url=sql_url,
+        dataset_version=dataset_version,
+    )
+    schema = spec.table_schema()
+    y, x = to_sktime(canonical_table(raw, schema, what="training data"), schema)
+    n_folds = validate_request(request.backtest, {}, y)
+    if request.backtest.series is not None:
+        known = set(_series_keys(y))
+        unknown = [list(s) for s in request.backtest.series if s not in known]
+        if unknown:
+            raise SeriesNotFound(f"{name} has no series {unknown[:5]}", field="series")
+    for i, (candidate, candidate_spec) in enumerate(zip(request.candidates, specs, strict=True)):
+        try:
+            validate_request(request.backtest, {}, y, spec_forecaster(candidate_spec, y, x))
+        except InvalidInput as exc:
+            field = exc.extra.get("field")
+            raise SpecError(
+                f"candidates[{i}] ({candidate.name}): {exc.detail}",
+                **{**exc.extra, "field": f"candidates[{i}].{field}" if field else f"candidates[{i}]"},
+            ) from None
+    params: dict[str, Any] = {
+        **request.to_params(),
+        "dataset_version": version_read if version_read is not None else dataset_version,
+        "publish": publish,
+        "promote": promote,
+    }
+    total = (len(request.candidates) + 1) * n_folds
+    job, _ = jobs.create("leaderboard", name, params, total=total, submitter=submitter, max_active=max_active)
+    if wake is not None:
+        wake()
+    return job
+
+
+def _series_keys(y: pd.DataFrame) -> list[tuple[str, ...]]:
+    if y.index.nlevels == 1:
+        return [()]
+    return [tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))) for k in y.index.droplevel(-1).unique()]

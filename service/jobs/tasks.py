@@ -6,16 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from service.datasets.store import DatasetStore
-from service.forecasting.backtest import BacktestRequest, run_backtest
+from service.forecasting.backtest import BacktestRequest, run_backtest, run_baseline, with_value_added
+from service.forecasting.leaderboard import LeaderboardRequest, candidate_spec, run_leaderboard
 from service.forecasting.progress import Progress
 from service.forecasting.shards import load_fitted
-from service.forecasting.specs import allow_list
+from service.forecasting.specs import allow_list, write_spec
+from service.forecasting.training import spec_forecaster
 from service.jobs.context import WorkerContext
 from service.jobs.retention import job_dir
-from service.jobs.retrain import RetrainParams, retrain
+from service.jobs.retrain import RetrainParams, load_training_data, model_spec, retrain
 from service.jobs.store import Job
 from service.jobs.submit import backtest_data
-from service.tables import Schema, to_sktime, write_parquet
+from service.tables import Schema, canonical_table, to_sktime, write_parquet
 
 
 def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
@@ -35,9 +37,12 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
     )
     y, x = to_sktime(training, schema)
     request = BacktestRequest.from_params(job.params)
+    progress("baseline", 0, request.splitter.build().get_n_splits(y))  # first: the folds' count only goes up
+    baseline = run_baseline(y, request, schema)
     result, predictions = run_backtest(
         loaded.forecaster, y, x, request, schema, on_progress=lambda done, total: progress("folds", done, total)
     )
+    result = with_value_added(result, baseline)
     folder = job_dir(context.data_dir, job.id)
     folder.mkdir(parents=True, exist_ok=True)
     if len(predictions):
@@ -49,6 +54,52 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
         "schema": schema.to_dict(),
         **result,
     }
+
+
+def run_leaderboard_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
+    """Backtest the candidates on the model's data; with ``publish: best``, retrain with the
+    winner through the gate, and when it is promoted make it the model's spec."""
+    registry, datasets = context.registry(), DatasetStore(context.data_dir)
+    sources_root = Path(context.sources_root) if context.sources_root else None
+    progress("loading data", 0, None)
+    spec = model_spec(registry, datasets, job.model, "run a leaderboard")
+    raw, data_ref = load_training_data(
+        registry,
+        datasets,
+        job.model,
+        spec,
+        job.params.get("dataset_version"),
+        sql_url=context.sql_url,
+        sources_root=sources_root,
+    )
+    schema = spec.table_schema()
+    y, x = to_sktime(canonical_table(raw, schema, what="training data"), schema)
+    request = LeaderboardRequest.from_params(job.params)
+    forecasters = [spec_forecaster(candidate_spec(spec, c), y, x) for c in request.candidates]
+    result = {"model": job.model, "data": data_ref, **run_leaderboard(request, forecasters, y, x, schema, progress)}
+    if job.params.get("publish") == "best" and result["winner"] is not None:
+        winner = next(c for c in result["candidates"] if c["name"] == result["winner"])
+        update = {
+            "forecaster": winner["forecaster"],
+            "intervals": winner.get("intervals", "native"),
+            "engine": winner.get("engine", "sktime"),
+        }
+        published = retrain(
+            registry,
+            datasets,
+            job.model,
+            RetrainParams(promote=job.params.get("promote")),
+            job_id=job.id,
+            sql_url=context.sql_url,
+            sources_root=sources_root,
+            progress=progress,
+            spec_update=update,
+            data=(raw, data_ref),
+        )
+        if published["promoted"]:  # scheduled retrains go on with the winner
+            write_spec(registry, job.model, {**(registry.read_spec_raw(job.model) or {}), **update})
+        result["published"] = {**published, "candidate": winner["name"], "spec_updated": published["promoted"]}
+    return result
 
 
 def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:

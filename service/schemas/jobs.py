@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.forecasting.backtest import DEFAULT_METRICS, BacktestRequest, SplitterSpec
+from service.forecasting.leaderboard import MAX_CANDIDATES, Candidate, LeaderboardRequest
 from service.schemas.predict import Levels, SeriesKey, normalize_series
 
 
@@ -66,6 +67,81 @@ class BacktestBody(BaseModel):
             quantiles=tuple(self.quantiles),
             series=tuple(normalize_series(s, keys) for s in self.series) if self.series is not None else None,
         )
+
+
+class CandidateBody(BaseModel):
+    """One forecaster to compare: what it sets of the model's spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr | None = Field(
+        default=None, min_length=1, max_length=64, description="Its name in the table (default: its class)"
+    )
+    forecaster: dict[str, Any] = Field(
+        description="{class, params} of the allow-list (GET /v1/forecasters), as in a model spec",
+        examples=[{"class": "ThetaForecaster", "params": {"sp": 12}}],
+    )
+    intervals: Literal["native", "conformal"] | None = None
+    engine: Literal["auto", "sktime", "statsforecast"] | None = None
+
+    def to_candidate(self, position: int) -> Candidate:
+        default = str(self.forecaster.get("class") or self.forecaster.get("preset") or f"candidate{position}")
+        fields = {"forecaster": self.forecaster, "intervals": self.intervals, "engine": self.engine}
+        return Candidate(self.name or default, {k: v for k, v in fields.items() if v is not None})
+
+
+class LeaderboardBody(BaseModel):
+    """Candidate forecaster specs backtested on the model's data, ranked (sktime `evaluate`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "candidates": [
+                        {"name": "theta", "forecaster": {"class": "ThetaForecaster", "params": {"sp": 12}}},
+                        {
+                            "name": "ets",
+                            "forecaster": {"class": "StatsForecastAutoETS", "params": {"season_length": 12}},
+                        },
+                    ],
+                    "splitter": {"type": "folds", "folds": 2, "horizon": 12},
+                    "rank_by": "MASE",
+                }
+            ]
+        },
+    )
+
+    candidates: list[CandidateBody] = Field(
+        max_length=MAX_CANDIDATES, description="The forecasters to compare (the seasonal-naive baseline is added)"
+    )
+    splitter: SplitterBody = Field(default_factory=SplitterBody)
+    strategy: Literal["refit", "update", "no-update_params"] = "refit"
+    metrics: list[StrictStr] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS), description="Point metrics: MAE, RMSE, MAPE, sMAPE, MASE, WAPE"
+    )
+    rank_by: StrictStr | None = Field(
+        default=None, description="The metric that ranks (default: the spec's gate metric)"
+    )
+    series: list[SeriesKey] | None = Field(default=None, description="Report per-series rows for these only")
+    dataset_version: StrictStr | None = Field(default=None, description="Of the spec's dataset (default: latest)")
+    promote: Literal["auto", "always", "never"] | None = Field(
+        default=None, description="With ?publish=best: the gate's policy for the winner (default: the spec's)"
+    )
+
+    def to_request(self, keys: tuple[str, ...], default_rank_by: str) -> LeaderboardRequest:
+        backtest = BacktestRequest(
+            splitter=SplitterSpec(**self.splitter.model_dump()),
+            strategy=self.strategy,
+            metrics=tuple(dict.fromkeys(self.metrics)),
+            series=tuple(normalize_series(s, keys) for s in self.series) if self.series is not None else None,
+        )
+        fallback = (
+            backtest.metrics[0] if backtest.metrics and default_rank_by not in backtest.metrics else default_rank_by
+        )
+        rank_by = self.rank_by or fallback
+        candidates = tuple(c.to_candidate(i) for i, c in enumerate(self.candidates))
+        return LeaderboardRequest(candidates=candidates, backtest=backtest, rank_by=rank_by)
 
 
 class JobOut(BaseModel):

@@ -43,6 +43,7 @@ DOMAIN_VALIDATED = [
     ("POST", "/v1/models/{name}/predict"),
     ("GET", "/v1/models/{name}/forecast.png"),
     ("POST", "/v1/models/{name}/backtests"),
+    ("POST", "/v1/models/{name}/leaderboard"),
     ("POST", "/v1/models/{name}/retrain"),
     ("PUT", "/v1/models/{name}"),
     ("PUT", "/v1/datasets/{name}"),

@@ -53,7 +53,9 @@ format: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy service
 
-## benchmarks: BENCH=quick (default) or BENCH=full; results in bench/results.json
+## benchmarks: BENCH=quick (default) or BENCH=full; results in bench/results.json. Accuracy on competition
+## data through the API: quick, Tourism seasonal naive (~40 s); full, Tourism and M1, seasonal naive and auto
+## (~15 min); BENCH_ACCURACY='tourism:SeasonalNaive,auto;m1:auto' chooses, BENCH_ACCURACY= skips it
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench --profile $(or $(BENCH),quick)

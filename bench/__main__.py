@@ -22,9 +22,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (registry, server logs)")
     parser.add_argument(
         "--only",
-        choices=["all", "predict", "varied", "retrain", "scale"],
+        choices=["all", "predict", "varied", "retrain", "scale", "accuracy"],
         default="all",
-        help="which benchmarks to run (varied: predict bodies varying per request vs the floor)",
+        help="which benchmarks to run (varied: predict bodies varying per request vs the floor; accuracy: "
+        "competition data through the API, quick: Tourism seasonal naive, full: Tourism and M1, seasonal "
+        "naive and auto; BENCH_ACCURACY='tourism:SeasonalNaive,auto;m1:auto' chooses)",
     )
     return parser.parse_args(argv)
 
@@ -43,7 +45,27 @@ def main(argv: list[str] | None = None) -> int:
         run_retrain_into(args.out, repeats=1 if profile.name == "quick" else 3)
     if args.only == "scale" or (args.only == "all" and profile.name == "full"):
         run_scale_into(args.out, os.environ.get("BENCH_SCALE", "1000,10000"))
+    if args.only in ("all", "accuracy"):
+        run_accuracy_part(args.out, profile.name, os.environ.get("BENCH_ACCURACY"))
     return 0
+
+
+def run_accuracy_part(out: Path, profile: str, chosen: str | None) -> None:
+    """The accuracy benchmark (bench.accuracy) on the profile's plan, or on ``chosen``
+    (BENCH_ACCURACY; empty: skipped); its rows and bars go to ``out`` under "accuracy"."""
+    from bench.accuracy import PLANS, parse_plan, run_accuracy_into
+
+    plan = PLANS[profile] if chosen is None else parse_plan(chosen)
+    if not plan:
+        print("accuracy: skipped (BENCH_ACCURACY is empty)", flush=True)
+        return
+    if profile == "quick" and chosen is None:
+        print(
+            "accuracy, quick profile: Tourism seasonal naive only (the split and metric against the published "
+            "22.56); BENCH=full adds auto and M1 (about 15 min)",
+            flush=True,
+        )
+    run_accuracy_into(out, plan)
 
 
 def run_scale_into(out: Path, sizes: str) -> None:

@@ -28,6 +28,7 @@ OPERATION_IDS = {
     ("GET", "/v1/models/{name}/forecast.png"): "forecastPlot",
     ("POST", "/v1/models/{name}/retrain"): "retrain",
     ("POST", "/v1/models/{name}/backtests"): "startBacktest",
+    ("POST", "/v1/models/{name}/leaderboard"): "startLeaderboard",
     ("GET", "/v1/jobs"): "listJobs",
     ("GET", "/v1/jobs/{job_id}"): "getJob",
     ("DELETE", "/v1/jobs/{job_id}"): "deleteJob",

@@ -20,7 +20,7 @@ from service.api.limits import BodyLimits
 from service.api.routes import backtests, datasets, forecasters, health, jobs, leaderboards, models, predict
 from service.api.uploads import sweep_spools
 from service.forecasting.allowlist import allowed_classes
-from service.forecasting.training import train_missing
+from service.forecasting.training import models_without_versions, train_missing
 from service.jobs.scheduler import run_scheduler
 from service.observability import RequestObserver, access_log_queue, quiet_sktime_warnings
 from service.runtime import Runtime
@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def prepare(runtime: Runtime) -> None:
-    """First start: train models that have no version yet (if asked), then load the registry."""
+    """First start: train models that have no version yet (if asked), then load the registry.
+    Models whose spec says ``first_start: background`` (fits of minutes) are trained after
+    that, once the server is ready: /readyz does not wait for them, and until the first
+    version of one is published its predicts answer 503 saying it is training."""
     if runtime.settings.train_missing:
         runtime.training = True
         try:
@@ -43,6 +46,14 @@ def prepare(runtime: Runtime) -> None:
     # the collector's full passes, which otherwise pause every thread for ~100-200 ms
     gc.collect()
     gc.freeze()
+    if not runtime.settings.train_missing or runtime.stop.is_set():
+        return
+    runtime.first_training = frozenset(models_without_versions(runtime.registry, "background"))
+    try:
+        if train_missing(runtime.registry, runtime.settings.sources_root, background=True):
+            runtime.cache.refresh()  # serve them now, not at the next poll
+    finally:
+        runtime.first_training = frozenset()
 
 
 async def in_daemon_thread(func: Callable[..., Any], *args: Any) -> Any:

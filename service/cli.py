@@ -323,15 +323,21 @@ def serve(
 
         reg = _registry(settings.registry)
         reg.cleanup_staging()
-        missing = models_without_versions(reg)
-        # a person at a terminal: progress bars, then serve; --workers: here, once (each worker would train)
+        # a spec's first_start: background (fits of minutes) trains once the server is ready
+        missing, later = models_without_versions(reg, "wait"), models_without_versions(reg, "background")
+        if workers > 1:  # each worker would train: here, once, every one of them
+            missing, later = missing + later, []
+        # a person at a terminal: progress bars, then serve
         if missing and (sys.stderr.isatty() or workers > 1):
             err_console.print(f"training {len(missing)} model(s) without a version: {', '.join(missing)}")
             try:
                 train_models(reg, missing)
             except ServiceError as exc:
                 _fail(exc)
-        elif missing:  # containers, CI: serve /healthz at once, train in the background (/readyz 503 until done)
+            missing = []
+        if later:
+            err_console.print(f"training {', '.join(later)} in the background once the server is ready")
+        if missing or later:  # containers, CI: serve /healthz at once, train in the background (/readyz 503)
             settings = settings.model_copy(update={"train_missing": True})
     if workers > 1:
         err_console.print("[yellow]--workers > 1: each worker loads every model itself[/yellow]")

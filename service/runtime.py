@@ -46,6 +46,7 @@ class Runtime:
     metrics: Metrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     training: bool = False  # first-start training of models without versions is running
+    first_training: frozenset[str] = frozenset()  # models the first start trains in the background, until done
     # finished retrains whose model this process has re-read since (see `settled`), oldest first
     settled_jobs: OrderedDict[str, None] = field(default_factory=OrderedDict)
     INGEST_QUEUE_FACTOR: ClassVar[int] = 2  # ingest work queued + running, per ingest thread
@@ -111,6 +112,20 @@ class Runtime:
         return Limits(max_horizon=s.max_horizon, max_series=s.max_series_per_request, max_rows=s.max_rows_per_request)
 
     async def served(self, name: str, version: int | None = None, alias: str | None = None) -> Any:
+        """`_served`; a model the first start is still training in the background (no
+        version yet) is a 503 that says so, not a 404."""
+        try:
+            return await self._served(name, version, alias)
+        except AliasNotFound:
+            if name not in self.first_training:
+                raise
+            raise NotReady(
+                f"model '{name}' is training its first version (first start, in the background); retry later",
+                model=name,
+                retry_after=30,
+            ) from None
+
+    async def _served(self, name: str, version: int | None = None, alias: str | None = None) -> Any:
         """The version a request uses: from memory, or loaded on a worker thread.
 
         Read-your-writes on a miss: what memory does not know yet (a model or an alias

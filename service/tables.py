@@ -32,6 +32,16 @@ from service.errors import ForecastFailed, InvalidInput, InvalidTable, LimitExce
 TOTAL = "__total"  # sktime's name for an aggregate node of a hierarchy
 
 
+SEASON_LENGTHS = {"M": 12, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24, "H": 24, "min": 60}
+"""The usual season of a period frequency, by its base (``Q-DEC`` counts as ``Q``)."""
+
+
+def season_length(freq: str | None) -> int:
+    """The season length of a period frequency (M: 12, Q: 4, W: 52, D: 7, B: 5, h: 24,
+    min: 60); 1 for years, other frequencies and integer indices (None)."""
+    return SEASON_LENGTHS.get((freq or "").split("-")[0], 1)
+
+
 @dataclass(frozen=True)
 class Schema:
     """Which columns of a long table play which role, and the time frequency."""

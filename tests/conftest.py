@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -20,7 +21,17 @@ from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPECS = REPO / "models"
-DEMO_MODELS = sorted(p.parent.name for p in DEMO_SPECS.glob("*/model.yaml"))
+
+
+def _first_start(spec: Path) -> str:
+    return str((yaml.safe_load(spec.read_text()) or {}).get("first_start") or "wait")
+
+
+DEMO_MODELS = sorted(p.parent.name for p in DEMO_SPECS.glob("*/model.yaml") if _first_start(p) == "wait")
+"""The quick demos, trained once per session (`trained_registry_path`) and copied by the tests."""
+BACKGROUND_DEMOS = sorted(p.parent.name for p in DEMO_SPECS.glob("*/model.yaml") if _first_start(p) == "background")
+"""Demos a first start trains in the background (``first_start: background``, fits of minutes:
+tourism-auto): never trained or copied by the shared fixtures."""
 
 
 def copy_specs(target: Path, names: list[str] | None = None) -> Path:

@@ -11,11 +11,18 @@ from service.api.paging import decode_page_token, encode_page_token
 from service.datasets.store import DATASET_NAME, DatasetStore
 from service.documents import load_document
 from service.errors import AliasesUnreadable, InvalidInput, NotFound, ServiceError, SpecError, VersionLoadError
-from service.forecasting.specs import check_against_dataset, parse_model_spec, read_spec, write_spec
+from service.forecasting.specs import (
+    PRESETS,
+    check_against_dataset,
+    parse_model_spec,
+    read_spec,
+    write_spec,
+)
 from service.registry.store import NAME_PATTERN, SPEC_FILE, Registry, validate_alias
 from service.schemas.datasets import DatasetInfo, DatasetList
 from service.schemas.models import ModelDetail, ModelList, ModelSummary, VersionSummary
 from service.serving.cache import ModelCache, describe_state, scrub_paths
+from service.tables import SEASON_LENGTHS
 
 MAX_PAGE = 1000
 
@@ -71,6 +78,21 @@ def list_models(registry: Registry, cache: ModelCache, limit: int = 100, page_to
         )
     more = len(names) > len(page)
     return ModelList(models=summaries, next_page_token=encode_page_token(page[-1]) if more else None)
+
+
+def preset_catalog() -> list[dict[str, Any]]:
+    """The presets a spec may name (`service.forecasting.specs.PRESETS`), as GET /v1/forecasters lists them."""
+    seasons = ", ".join(f"{freq} {sp}" for freq, sp in SEASON_LENGTHS.items() if freq != "H")
+    return [
+        {
+            "name": name,
+            "forecaster": entry["class"],
+            "summary": entry["summary"],
+            "defaults": {"sp": f"from the model's freq: {seasons}, else 1"},
+            "example": {"preset": name},
+        }
+        for name, entry in sorted(PRESETS.items())
+    ]
 
 
 def list_datasets(store: DatasetStore, limit: int = 100, page_token: str | None = None) -> DatasetList:

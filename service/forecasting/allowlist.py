@@ -74,6 +74,9 @@ COMPOSITION = {
     "BaggingForecaster": "sktime.forecasting.compose:BaggingForecaster",
     "ForecastByLevel": "sktime.forecasting.compose:ForecastByLevel",
     "ConformalIntervals": "sktime.forecasting.conformal:ConformalIntervals",
+    # ours: conformal intervals for a global (whole-panel) forecaster, from whole-panel refits
+    # on a few expanding windows, composed of sktime's fit/predict (intervals: conformal on a panel)
+    "GlobalConformalIntervals": "service.forecasting.conformal:GlobalConformalIntervals",
     "NaiveVariance": "sktime.forecasting.naive:NaiveVariance",
     "UpdateEvery": "sktime.forecasting.stream:UpdateEvery",
     "UpdateRefitsEvery": "sktime.forecasting.stream:UpdateRefitsEvery",

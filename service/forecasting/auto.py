@@ -32,7 +32,8 @@ series (``forecasters_``), so the service's chunked fit and shards treat it like
 per-series model. Each fitted copy records what it did in ``chosen_`` (a label),
 ``weights_`` (member -> weight in the combination; for ``select`` one member has 1.0) and
 ``backtest_scores_`` (``select``/``inverse-mape``: member -> backtest MAPE); `choices` collects them
-for every series of a fitted panel. Every member is deterministic (no random numbers
+for every series of a fitted panel, and a published version's manifest records them
+(``choices``, see `service.forecasting.publishing`). Every member is deterministic (no random numbers
 anywhere), so the same data gives the same choice and numbers; the object pickles.
 """
 
@@ -273,15 +274,72 @@ class AutoStatistical(BaseForecaster):
 def choices(forecaster: Any) -> list[dict[str, Any]]:
     """What a fitted `AutoStatistical` chose, per series: one record per row of a vectorised
     fit's ``forecasters_`` (``series``: the row's key as a tuple of strings), or one record
-    for a single series."""
+    for a single series. Wrappers are looked through (`find_choices`)."""
+    found = find_choices(forecaster)
+    if found is None:
+        raise ValueError(f"{type(forecaster).__name__} is not, and does not wrap, a fitted AutoStatistical")
+    return found
+
+
+WRAPPED = ("forecaster_", "best_forecaster_", "estimator_")
+"""Fitted attributes (sktime's public ones) under which a wrapper keeps the forecaster it fitted:
+`ConformalIntervals` and `TransformedTargetForecaster`-like wrappers, grid searches."""
+
+
+def find_choices(forecaster: Any, depth: int = 0) -> list[dict[str, Any]] | None:
+    """`choices` of a fitted forecaster that is, wraps, or is a panel of `AutoStatistical`
+    (sktime's vectorised ``forecasters_``, a wrapper's fitted inner forecaster, a pipeline's
+    last step); None when there is none. A vectorised fit over several targets adds
+    ``target`` to each record."""
+    if depth > 8 or forecaster is None:
+        return None
     inner = getattr(forecaster, "forecasters_", None)
     if isinstance(inner, pd.DataFrame):
-        labels = inner.index.to_frame(index=False).astype(str).itertuples(index=False, name=None)
-        return [
-            {"series": list(label), **_choice(row.iloc[0])}
-            for label, (_, row) in zip(labels, inner.iterrows(), strict=True)
-        ]
-    return [{"series": [], **_choice(forecaster)}]
+        if inner.empty or _unwrap(inner.iat[0, 0]) is None:  # not auto: no labels built for a big panel
+            return None
+        labels = list(inner.index.to_frame(index=False).astype(str).itertuples(index=False, name=None))
+        several = inner.shape[1] > 1
+        records = []
+        for label, (_, row) in zip(labels, inner.iterrows(), strict=True):
+            for target, cell in row.items():
+                found = _unwrap(cell)
+                if found is None:
+                    return None
+                records.append({"series": list(label), **({"target": str(target)} if several else {}), **found})
+        return records
+    if isinstance(forecaster, AutoStatistical):
+        return [{"series": [], **_choice(forecaster)}]
+    return find_choices(_inner(forecaster), depth + 1)
+
+
+def _unwrap(fitted: Any) -> dict[str, Any] | None:
+    """One series' fitted forecaster: what it chose, looking through wrappers."""
+    for _ in range(8):
+        if isinstance(fitted, AutoStatistical) and hasattr(fitted, "chosen_"):
+            return _choice(fitted)
+        fitted = _inner(fitted)
+        if fitted is None:
+            return None
+    return None
+
+
+def _inner(wrapper: Any) -> Any:
+    for attribute in WRAPPED:
+        inner = getattr(wrapper, attribute, None)
+        if inner is not None and hasattr(inner, "predict"):
+            return inner
+    steps = getattr(wrapper, "steps_", None)  # pipelines: the forecaster is the last step
+    if isinstance(steps, list) and steps and isinstance(steps[-1], tuple) and hasattr(steps[-1][-1], "predict"):
+        return steps[-1][-1]
+    return None
+
+
+def choice_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many series got each choice (label -> count), most frequent first."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["chosen"]] = counts.get(record["chosen"], 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _choice(fitted: Any) -> dict[str, Any]:

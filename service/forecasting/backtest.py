@@ -18,7 +18,7 @@ from service.errors import CapabilityUnavailable, InvalidInput
 from service.forecasting.chunked_fit import map_chunks, series_chunks
 from service.forecasting.progress import Cancelled
 from service.forecasting.sktime_internals import requires_residuals
-from service.tables import TOTAL, Schema, format_time
+from service.tables import TOTAL, Schema, format_time, season_length
 
 Strategy = Literal["refit", "update", "no-update_params"]
 POINT_METRICS = ("MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE")
@@ -30,19 +30,6 @@ _PREDICTION_COLUMN = {"pinball": "y_pred_quantiles", "coverage": "y_pred_interva
 
 BASELINE = "seasonal_naive"
 """The name of the baseline every backtest and leaderboard reports forecast value added against."""
-
-_SEASONS = (("min", 60), ("h", 24), ("H", 24), ("B", 5), ("D", 7), ("W", 52), ("M", 12), ("Q", 4))
-
-
-def season_length(freq: str | None) -> int:
-    """The usual season of a period frequency (M: 12, Q: 4, W: 52, D: 7, B: 5, h: 24,
-    min: 60); 1 for years, integer indices and anything else."""
-    if not freq:
-        return 1
-    for prefix, length in _SEASONS:
-        if freq.startswith(prefix):
-            return length
-    return 1
 
 
 def baseline_node(freq: str | None) -> dict[str, Any]:

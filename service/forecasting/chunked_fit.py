@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from service.forecasting.progress import FitProgress
 from service.forecasting.sktime_internals import convert_inputs, finish_vectorized_fit
+from service.observability import quiet_sktime_warnings
 from service.processes import die_with_parent, on_dask_worker
 
 CHUNKS_PER_CORE = 4  # smaller chunks even out the cores' finish times and report progress more often
@@ -98,7 +99,7 @@ def _workers() -> Iterator[Executor]:
         context = multiprocessing.get_context("fork")
         pool = ProcessPoolExecutor(cpu_count(), mp_context=context, initializer=die_with_parent)
     else:
-        pool = LokyExecutor(cpu_count(), initializer=die_with_parent)
+        pool = LokyExecutor(cpu_count(), initializer=_start_fresh_worker)
     try:
         yield pool
     except BaseException:
@@ -108,6 +109,13 @@ def _workers() -> Iterator[Executor]:
             pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _start_fresh_worker() -> None:
+    """A loky worker (a fresh interpreter): it ends with its parent and routes library
+    warnings through the log as the parent does."""
+    die_with_parent()
+    quiet_sktime_warnings()
 
 
 def _fit_chunk(index: int, forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None, fh: Any) -> tuple[int, Any]:

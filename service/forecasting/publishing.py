@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from service.errors import InvalidInput, ServiceError
 from service.fileio import sha256_bytes
+from service.forecasting.auto import choice_counts, find_choices
 from service.forecasting.capabilities import probe_capabilities
 from service.forecasting.chunked_fit import map_shared
 from service.forecasting.observations import probe_observations
@@ -53,6 +54,11 @@ from service.tables import (
 log = logging.getLogger(__name__)
 
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=+-]{0,63}$")
+
+CHOICES = "choices.parquet"
+CHOICES_INLINE = 1000
+"""A version of an ``auto`` forecaster (`AutoStatistical`) lists what it chose per series in
+its manifest up to this many series; a larger or sharded panel writes them to `CHOICES`."""
 
 
 @dataclass
@@ -192,7 +198,54 @@ def publish_version(registry: Registry, name: str, forecaster: Any, request: Pub
         }
         if shards is not None:
             manifest["shards"] = shards
+        choices = _choices_section(forecaster, schema, sharded=shards is not None)
+        if choices is not None:
+            section, table = choices
+            if table is not None:
+                staged.write(CHOICES, table)  # listed in manifest["files"] (sha256, signed) like shards.parquet
+            manifest["choices"] = section
         return staged.commit(manifest)
+
+
+def _choices_section(forecaster: Any, schema: Schema, sharded: bool) -> tuple[dict[str, Any], bytes | None] | None:
+    """What an ``auto`` forecaster chose per series (`service.forecasting.auto.find_choices`):
+    the manifest's ``choices`` section (counts per choice, and the records themselves up to
+    `CHOICES_INLINE` series of an unsharded version) and, beyond that, the `CHOICES` table."""
+    records = find_choices(forecaster)
+    if records is None:
+        return None
+    inline = not sharded and len(records) <= CHOICES_INLINE
+    section = {
+        "series": len(records),
+        "chosen": choice_counts(records),
+        "fallbacks": sum(1 for r in records if r["fallback"] is not None),
+        "file": None if inline else CHOICES,
+        "records": jsonable(records) if inline else None,
+    }
+    return section, None if inline else _choices_table(records, schema)
+
+
+def _choices_table(records: list[dict[str, Any]], schema: Schema) -> bytes:
+    """`CHOICES`: one row per record, the series' key columns (text), then ``target`` (several
+    targets only), ``chosen``, ``fallback``, ``weight_<member>`` and (members some series backtested)
+    ``backtest_mape_<member>``; a member a series did not use is NaN there."""
+    keys = list(schema.keys) or ["series"]
+    weighted = list(dict.fromkeys(m for r in records for m in r["weights"]))
+    scored = list(dict.fromkeys(m for r in records for m in r["backtest_mape"]))
+    columns: dict[str, Any] = {
+        k: [r["series"][i] if i < len(r["series"]) else None for r in records] for i, k in enumerate(keys)
+    }
+    if any("target" in r for r in records):
+        columns["target"] = [r.get("target") for r in records]
+    columns["chosen"] = [r["chosen"] for r in records]
+    columns["fallback"] = [r["fallback"] for r in records]
+    for member in weighted:
+        columns[f"weight_{member}"] = [float(r["weights"].get(member, np.nan)) for r in records]
+    for member in scored:
+        columns[f"backtest_mape_{member}"] = [float(r["backtest_mape"].get(member, np.nan)) for r in records]
+    buffer = io.BytesIO()
+    pd.DataFrame(columns).to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def _write_shard(

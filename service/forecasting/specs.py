@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from service.datasets.store import DatasetStore, Roles
 from service.documents import load_document
 from service.errors import InvalidName, NotFound, SpecError, SpecFileInvalid
 from service.forecasting.allowlist import ALLOWED, allowed_classes, refused_param
 from service.registry.store import SPEC_FILE, Registry
-from service.tables import Schema
+from service.tables import Schema, season_length
 
 Kind = Literal["single", "panel", "hierarchical"]
 
@@ -110,8 +119,48 @@ def _accepted_params(factory: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, accepts_any
 
 
+# ----------------------------------------------------------------------------- presets
+PRESETS: dict[str, dict[str, str]] = {
+    "auto": {
+        "class": "AutoStatistical",
+        "summary": "per series the median of StatsForecast AutoETS, AutoTheta, AutoARIMA and AutoCES "
+        "(sktime's adapters), seasonal naive for short series; sp from the model's freq",
+    },
+}
+"""One-line forecasters: ``forecaster: {preset: NAME}`` (optional ``params``) stands for
+``{class: PRESETS[NAME]["class"], params: ...}``, with ``sp`` from the model's freq."""
+
+
+def resolve_preset(node: Mapping[str, Any], freq: str | None, where: str = "forecaster") -> dict[str, Any]:
+    """``{preset: NAME, params: {...}}`` as the ``{class, params}`` node it stands for: the
+    preset's class with ``params``, and ``sp`` from ``freq`` unless ``params`` gives one.
+    An unknown preset or key is a `SpecError` naming ``forecaster.preset``."""
+    unknown_keys = set(node) - {"preset", "params"}
+    if unknown_keys:
+        raise SpecError(
+            f"{where}: unknown keys {sorted(map(str, unknown_keys))} beside 'preset' (only 'preset', 'params')",
+            field=where,
+        )
+    name = node["preset"]
+    if not isinstance(name, str) or name not in PRESETS:
+        raise SpecError(
+            f"{where}.preset: unknown preset {str(name)[:200]!r}; known presets: {', '.join(sorted(PRESETS))} "
+            "(GET /v1/forecasters lists them under presets)",
+            field=f"{where}.preset",
+            value=str(name)[:200],
+            presets=sorted(PRESETS),
+        )
+    params = node.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise SpecError(f"{where}: 'params' must be an object", field=f"{where}.params")
+    return {"class": PRESETS[name]["class"], "params": {"sp": season_length(freq), **params}}
+
+
 def build_estimator(node: Any, where: str = "forecaster") -> Any:
-    """Turn a ``{class, params}`` spec into an (unfitted) estimator, or raise `SpecError`."""
+    """Turn a ``{class, params}`` spec (or a ``{preset, params}`` one, see `resolve_preset`:
+    without a model's freq, ``sp`` is 1) into an (unfitted) estimator, or raise `SpecError`."""
+    if isinstance(node, Mapping) and "preset" in node and "class" not in node:
+        node = resolve_preset(node, None, where)
     if not _is_estimator_node(node):
         raise SpecError(f"{where}: expected an object with 'class' and optional 'params'", field=where)
     unknown_keys = set(node) - {"class", "params"}
@@ -247,6 +296,7 @@ class PromotionSpec(_Strict):
 class ModelSpec(_Strict):
     """The content of ``models/<name>/model.yaml``."""
 
+    _preset: dict[str, Any] | None = PrivateAttr(default=None)  # forecaster as written, if a preset
     description: str = ""
     kind: Kind | None = Field(
         default=None, description="single | panel | hierarchical; derived from the keys if omitted"
@@ -258,8 +308,9 @@ class ModelSpec(_Strict):
     horizon: int = Field(default=12, ge=1, description="default forecast horizon in steps")
     forecaster: dict[str, Any] = Field(
         description="{class, params}: a class of the allow-list (GET /v1/forecasters) and its parameters; "
-        "nested estimators are {class, params} objects too",
-        examples=[{"class": "ThetaForecaster", "params": {"sp": 12}}],
+        "nested estimators are {class, params} objects too. Or {preset: auto} (optional params): "
+        "AutoStatistical with sp from freq (M 12, Q 4, W 52, D 7, h 24, else 1)",
+        examples=[{"class": "ThetaForecaster", "params": {"sp": 12}}, {"preset": "auto"}],
     )
     coverage: list[float] = Field(default_factory=list, description="interval coverages served precomputed")
     quantiles: list[float] = Field(default_factory=list, description="quantile levels served precomputed")
@@ -282,8 +333,9 @@ class ModelSpec(_Strict):
         default="native",
         description="native: the forecaster's own prediction intervals, if it has any (sktime tag "
         "capability:pred_int); conformal: the forecaster wrapped in sktime's ConformalIntervals (method "
-        "conformal, calibrated on the last quarter of each series' history), so point-only forecasters such "
-        "as reductions serve coverages and quantiles (see conformal_forecaster)",
+        "conformal, calibrated on the last quarter of each series' history), or for a global forecaster on a "
+        "panel in GlobalConformalIntervals (whole-panel refits, residuals pooled over scaled series), so "
+        "point-only forecasters such as reductions serve coverages and quantiles (see conformal_node)",
     )
     engine: Literal["auto", "sktime", "statsforecast"] = Field(
         default="sktime",
@@ -291,6 +343,12 @@ class ModelSpec(_Strict):
         "whole panel (forecasting/engines.py); auto does so when the twin's numbers equal sktime's "
         "(the StatsForecast* adapters) and predicts a global recursive reduction for the whole panel at "
         "once (forecasting/reduction.py, identical numbers); sktime vectorises per series",
+    )
+    first_start: Literal["wait", "background"] = Field(
+        default="wait",
+        description="serve --train-missing, while the model has no version: wait (trained before the "
+        "server turns ready) or background (trained once it is ready, after the others; /readyz does not "
+        "wait for it): for fits longer than the first start's minute, e.g. the tourism-auto demo",
     )
 
     @field_validator("freq")
@@ -330,6 +388,25 @@ class ModelSpec(_Strict):
         if any(not 0 < q < 1 for q in value):
             raise ValueError("quantile levels must lie strictly between 0 and 1")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _resolve_preset(self) -> ModelSpec:
+        """``{preset: NAME}`` becomes the ``{class, params}`` it stands for, so ``forecaster``
+        is always a class node; dumps give back what was written (`_written_forecaster`), so a
+        spec re-read with its dataset's freq resolves ``sp`` again."""
+        if "preset" in self.forecaster and "class" not in self.forecaster:
+            self._preset = dict(self.forecaster)
+            self.forecaster = resolve_preset(self.forecaster, self.freq)
+        return self
+
+    @field_serializer("forecaster")
+    def _written_forecaster(self, value: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._preset) if self._preset is not None else value
+
+    @property
+    def preset(self) -> str | None:
+        """The preset the spec names (``forecaster: {preset: ...}``), if any."""
+        return str(self._preset["preset"]) if self._preset is not None else None
 
     @model_validator(mode="after")
     def _kind_matches_keys(self) -> ModelSpec:
@@ -391,7 +468,7 @@ class ModelSpec(_Strict):
 
     def build_forecaster(self) -> Any:
         """The spec's unfitted forecaster; with ``intervals: conformal``, wrapped in sktime's
-        `ConformalIntervals` (`conformal_forecaster`), or a `SpecError` naming ``intervals``
+        `ConformalIntervals` or `GlobalConformalIntervals` (`conformal_node`), or a `SpecError` naming ``intervals``
         when the wrapper would change the model."""
         if self.intervals == "native":
             return build_estimator(self.forecaster)
@@ -404,7 +481,12 @@ CONFORMAL_METHOD = "conformal"
 CONFORMAL_INITIAL_WINDOW = 0.75
 CONFORMAL_MIN_RESIDUALS = 10
 """``intervals: conformal`` needs this many calibration residuals at the farthest step of the
-horizon for every series (`conformal_history`)."""
+horizon for every series (`conformal_history`); on a panel with a global forecaster, this many
+pooled over the series at every step (`service.forecasting.conformal.residual_counts`)."""
+CONFORMAL_PANEL_WINDOWS = 3
+"""A global forecaster on a panel is calibrated on this many whole-panel refits
+(`GlobalConformalIntervals`): 3 windows x the panel's series residuals at every step, for
+about 4 times the fit of the forecaster alone."""
 
 
 def conformal_node(forecaster: Mapping[str, Any]) -> dict[str, Any]:
@@ -441,11 +523,21 @@ def conformal_node(forecaster: Mapping[str, Any]) -> dict[str, Any]:
 
     On a panel, sktime fits `ConformalIntervals` per series (it takes single series only),
     so each series is calibrated on its own residuals. That is exact for per-series models
-    (``pooling: local`` reductions, statistical forecasters) and refused for a natively
-    panel forecaster (a ``pooling: global`` reduction, a reconciler): it would be fitted
-    once per series and no longer be global (`check_conformal`). Other settings: write the
-    wrapper yourself, ``{class: ConformalIntervals, params: {forecaster: ..., ...}}``.
+    (``pooling: local`` reductions, statistical forecasters). A natively panel forecaster
+    (a ``pooling: global`` reduction) would be fitted once per series and no longer be
+    global, so it is wrapped in our `GlobalConformalIntervals` instead
+    (`service.forecasting.conformal`): `CONFORMAL_PANEL_WINDOWS` whole-panel refits on
+    expanding windows, residuals pooled over the series after scaling each by its mean
+    absolute seasonal difference (lag from the data's frequency); on a single series it
+    delegates to the `ConformalIntervals` above. A hierarchy with a natively panel forecaster (a reconciler) is refused
+    (`check_conformal`). Other settings: write the wrapper yourself,
+    ``{class: ConformalIntervals, params: {forecaster: ..., ...}}``.
     """
+    if natively_panel(build_estimator(forecaster)):
+        return {
+            "class": "GlobalConformalIntervals",
+            "params": {"forecaster": dict(forecaster), "windows": CONFORMAL_PANEL_WINDOWS},
+        }
     return {
         "class": "ConformalIntervals",
         "params": {
@@ -471,16 +563,18 @@ def natively_panel(estimator: Any) -> bool:
 
 
 def check_conformal(spec: ModelSpec, estimator: Any) -> None:
-    """Refuse ``intervals: conformal`` where sktime's `ConformalIntervals` (single series, one
-    target at a time) would change the model: a natively panel forecaster on a panel or
-    hierarchy, a multivariate one on several targets, the statsforecast engine."""
+    """Refuse ``intervals: conformal`` where the wrapper would change the model: a natively
+    panel forecaster on a hierarchy (on a panel it gets `GlobalConformalIntervals`), a
+    multivariate one on several targets (sktime's `ConformalIntervals` takes one target at a
+    time), the statsforecast engine."""
     name = type(estimator).__name__
-    if spec.kind in ("panel", "hierarchical") and natively_panel(estimator):
+    if spec.kind == "hierarchical" and natively_panel(estimator):  # a panel: GlobalConformalIntervals
         pooled = " (pooling: global)" if getattr(estimator, "pooling", None) == "global" else ""
         raise SpecError(
-            f"intervals: conformal cannot wrap {name}{pooled} on a {spec.kind}: sktime's ConformalIntervals "
+            f"intervals: conformal cannot wrap {name}{pooled} on a hierarchy: sktime's ConformalIntervals "
             "takes one series at a time, so the forecaster would be fitted once per series and no longer be "
-            "one model over all series; use a per-series forecaster (e.g. pooling: local), or intervals: native",
+            "one model over all series, and the whole-panel calibration (GlobalConformalIntervals) serves "
+            "panels, not hierarchies; use a per-series forecaster, or intervals: native",
             field="intervals",
             forecaster=name,
         )

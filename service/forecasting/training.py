@@ -13,13 +13,16 @@ from typing import Any
 import pandas as pd
 
 from service.datasets.sources import read_source
-from service.errors import InvalidInput, ServiceError
+from service.errors import InvalidInput, ServiceError, SpecError
 from service.forecasting.chunked_fit import fit_in_chunks
+from service.forecasting.conformal import residual_counts
 from service.forecasting.engines import StatsForecastPanel, statsforecast_twin
 from service.forecasting.progress import Cancelled, FitProgress, Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.reduction import fast_reduction
 from service.forecasting.specs import (
+    CONFORMAL_MIN_RESIDUALS,
+    CONFORMAL_PANEL_WINDOWS,
     ModelSpec,
     build_estimator,
     check_conformal,
@@ -102,11 +105,24 @@ def spec_forecaster(spec: ModelSpec, y: pd.DataFrame, x: pd.DataFrame | None = N
 
 def _check_conformal_data(spec: ModelSpec, y: pd.DataFrame) -> None:
     """``intervals: conformal`` on the data itself (a spec whose source is not an uploaded
-    dataset is checked only here): every series long enough to calibrate the horizon, and
-    no natively panel forecaster on a panel (its kind may have come from the data)."""
+    dataset is checked only here): every series long enough to calibrate the horizon or, for
+    a natively panel forecaster on a panel (`GlobalConformalIntervals`), enough residuals
+    pooled over the series at every step."""
     panel = y.index.nlevels > 1
     if panel and natively_panel(build_estimator(spec.forecaster)):
-        check_conformal(spec.model_copy(update={"kind": "panel"}), build_estimator(spec.forecaster))
+        check_conformal(spec.model_copy(update={"kind": spec.kind or "panel"}), build_estimator(spec.forecaster))
+        pooled = residual_counts(y, spec.horizon, CONFORMAL_PANEL_WINDOWS)
+        if pooled < CONFORMAL_MIN_RESIDUALS:
+            raise SpecError(
+                f"intervals: conformal calibrates a global forecaster on {CONFORMAL_PANEL_WINDOWS} whole-panel "
+                f"windows ending {spec.horizon} steps or more before the panel's end and needs "
+                f"{CONFORMAL_MIN_RESIDUALS} residuals at every step; this panel gives {pooled}: add series or "
+                "history, or lower the horizon",
+                field="intervals",
+                residuals=pooled,
+                required_residuals=CONFORMAL_MIN_RESIDUALS,
+            )
+        return
     lengths = y.groupby(level=list(range(y.index.nlevels - 1))).size() if panel else pd.Series([len(y)])
     shortest = int(lengths.min())
     if shortest < conformal_history(spec.horizon):
@@ -147,9 +163,11 @@ def train_and_publish(
     job_id: str | None = None,
     sources_root: Path | None = None,
     datasets: Any = None,
+    parallel: bool = False,
 ) -> int:
     """Read the spec's source, fit, publish; point ``production`` at the new version.
-    ``datasets`` (a `DatasetStore`) for specs that read an uploaded dataset."""
+    ``datasets`` (a `DatasetStore`) for specs that read an uploaded dataset; ``parallel``:
+    a panel's per-series models fit in chunks on all local cores (`fit_spec`)."""
     say = progress or (lambda stage, done, total: None)
     spec = read_spec(registry, name, datasets)
     if spec is None:
@@ -160,7 +178,7 @@ def train_and_publish(
         spec.data.source, base_dir=registry.model_dir(name), sources_root=sources_root, datasets=datasets
     )
     say("fitting", 0, None)
-    result = fit_spec(spec, raw)
+    result = fit_spec(spec, raw, parallel=parallel)
     say("publishing", 0, None)
     version = publish_version(
         registry,
@@ -189,25 +207,44 @@ def _log_training(name: str, position: str, stage: str, _done: int, _total: int 
     log.info("training %s (%s): %s", name, position, stage)
 
 
-def models_without_versions(registry: Registry) -> list[str]:
-    return [
+def models_without_versions(registry: Registry, first_start: str | None = None) -> list[str]:
+    """Models with a spec and no version; with ``first_start`` (``wait`` or ``background``),
+    only those whose spec says so (a spec that does not parse counts as ``wait``: its
+    training fails and is logged where the others are trained)."""
+    names = [
         n for n in registry.list_models() if registry.read_spec_raw(n) is not None and not registry.list_versions(n)
     ]
+    if first_start is None:
+        return names
+    return [n for n in names if _first_start(registry, n) == first_start]
 
 
-def train_missing(registry: Registry, sources_root: Path | None = None) -> dict[str, int]:
+def _first_start(registry: Registry, name: str) -> str:
+    try:
+        spec = read_spec(registry, name)
+    except ServiceError:
+        return "wait"
+    return spec.first_start if spec is not None else "wait"
+
+
+def train_missing(registry: Registry, sources_root: Path | None = None, *, background: bool = False) -> dict[str, int]:
     """Train every model that has a spec but no version (the demo registry's first start),
-    logging each stage; a model that fails is logged and skipped."""
+    logging each stage; a model that fails is logged and skipped. Only the models whose spec
+    says ``first_start: wait`` (the default), or with ``background`` those that say
+    ``first_start: background``: the server trains those once it is ready, one at a time,
+    their series fitted in parallel on the local cores (`fit_spec` ``parallel``)."""
     published: dict[str, int] = {}
-    names = models_without_versions(registry)
+    names = models_without_versions(registry, "background" if background else "wait")
     for i, name in enumerate(names, start=1):
         started = time.perf_counter()
+        position = f"{i}/{len(names)}{', in the background' if background else ''}"
         try:
             published[name] = train_and_publish(
                 registry,
                 name,
-                progress=functools.partial(_log_training, name, f"{i}/{len(names)}"),
+                progress=functools.partial(_log_training, name, position),
                 sources_root=sources_root,
+                parallel=background,
             )
         except ServiceError as exc:
             log.error("training %s failed: %s", name, exc.detail)

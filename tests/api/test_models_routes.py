@@ -120,8 +120,8 @@ def test_capabilities_recorded_in_manifests(api: TestClient) -> None:
     assert caps["airline"]["pred_int"]["available"] and caps["airline"]["quantiles"]["available"]
     assert caps["macro-var"]["pred_int"]["available"]
     assert not caps["macro-var"]["quantiles"]["available"] and caps["macro-var"]["quantiles"]["reason"]
-    for name in ("tourism-monthly", "sales-hierarchy"):
-        assert not caps[name]["pred_int"]["available"] and caps[name]["pred_int"]["reason"]
+    assert caps["tourism-monthly"]["pred_int"]["available"] and caps["tourism-monthly"]["quantiles"]["available"]
+    assert not caps["sales-hierarchy"]["pred_int"]["available"] and caps["sales-hierarchy"]["pred_int"]["reason"]
     assert caps["uschange"]["exogenous"]["required"]
 
 
@@ -202,7 +202,7 @@ def test_forecast_png(api: TestClient, name: str, params: Any) -> None:
     [
         ("sales-hierarchy", {"series": "Food preparation/Nope"}, 404),
         ("sales-hierarchy", {"series": "Food preparation"}, 422),
-        ("tourism-monthly", {"coverage": "0.8"}, 422),
+        ("sales-hierarchy", {"coverage": "0.8"}, 422),  # no intervals (tourism-monthly has conformal ones)
         ("airline", {"coverage": "1.5"}, 422),
         ("airline", {"horizon": "0"}, 422),
         ("airline", {"horizon": "501"}, 422),

@@ -480,14 +480,14 @@ def test_observations_for_an_aggregate_node_are_refused(api: TestClient) -> None
 
 
 # --------------------------------------------------------------------------- capabilities
-@pytest.mark.parametrize("name", ["tourism-monthly", "sales-hierarchy"])
+@pytest.mark.parametrize("name", ["sales-hierarchy"])
 @pytest.mark.parametrize("ask", [{"coverage": [0.8]}, {"quantiles": [0.5]}, {"coverage": [0.9], "quantiles": [0.1]}])
 def test_no_intervals_from_point_models(api: TestClient, name: str, ask: dict[str, Any]) -> None:
     body = assert_problem(post(api, name, {"horizon": 2, **ask}), 422, mentions=("capability:pred_int",))
     assert body["field"] in ask
 
 
-@pytest.mark.parametrize("name", ["tourism-monthly", "sales-hierarchy"])
+@pytest.mark.parametrize("name", ["sales-hierarchy"])
 def test_no_intervals_on_the_live_path_either(api: TestClient, name: str) -> None:
     """Beyond the precomputed horizon the answer is the same 422."""
     assert_problem(post(api, name, {"horizon": 20, "coverage": [0.8]}), 422, mentions=("capability:pred_int",))
@@ -495,10 +495,17 @@ def test_no_intervals_on_the_live_path_either(api: TestClient, name: str) -> Non
 
 def test_no_intervals_with_observations(api: TestClient) -> None:
     body = {
-        OBS: {"series": ["T001"], "month": ["2008-01-01"], "visitors": [1.0]},
+        OBS: {"product_line": ["Food preparation"], "product_group": ["Hobs"], "month": ["2005-01-01"], "sales": [1.0]},
         "quantiles": [0.5],
     }
-    assert_problem(post(api, "tourism-monthly", body), 422, mentions=("capability:pred_int",))
+    assert_problem(post(api, "sales-hierarchy", body), 422, mentions=("capability:pred_int",))
+
+
+def test_tourism_intervals_end_at_their_calibrated_horizon(api: TestClient) -> None:
+    """tourism-monthly (intervals: conformal, a global model) is calibrated for its 12 steps:
+    intervals beyond them are a 422 naming them, its point forecasts are served."""
+    assert_problem(post(api, "tourism-monthly", {"horizon": 20, "coverage": [0.8]}), 422, mentions=("steps 1-12",))
+    assert post(api, "tourism-monthly", {"horizon": 20}).status_code == 200
 
 
 def test_var_quantiles_are_refused_but_intervals_served(api: TestClient) -> None:

@@ -60,7 +60,7 @@ class Demo:
         """The same forecaster on a few series of the panel, with XGBoost on one thread: on a
         busy machine its OpenMP threads spin and a tiny fit takes seconds instead of 0.2 s.
         Both sides of every comparison use this same object."""
-        forecaster = self.forecaster.clone().set_params(estimator__n_jobs=1)
+        forecaster = self.forecaster.clone().set_params(forecaster__estimator__n_jobs=1)  # in intervals: conformal
         return Demo(self.name, forecaster, self.y.loc[list(series)], None, self.schema, self.capabilities)
 
 
@@ -447,5 +447,7 @@ def test_validate_request_refuses_what_cannot_run(demo: Callable[[str], Demo]) -
     with pytest.raises(InvalidInput, match="coverage"):
         check(airline, metrics=("coverage",))
     with pytest.raises(CapabilityUnavailable, match="intervals"):
+        check(demo("sales-hierarchy"), metrics=("MAE", "coverage"), coverage=(0.8,))
+    with pytest.raises(InvalidInput, match="panel"):  # tourism has conformal intervals; evaluate cannot score them
         check(panel, metrics=("MAE", "coverage"), coverage=(0.8,))
     assert check(airline, splitter=SplitterSpec("folds", 12, folds=2)) == 2

@@ -18,7 +18,7 @@ from xgboost import XGBRegressor
 
 from service.forecasting import reduction, sktime_internals
 from service.forecasting.reduction import FastGlobalReduction, fast_global_predict, fast_reduction
-from service.forecasting.specs import load_model_spec
+from service.forecasting.specs import build_estimator, load_model_spec
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "tourism-monthly" / "model.yaml"
 FULL = list(range(1, 25))
@@ -65,7 +65,7 @@ def assert_same(fast: pd.DataFrame | None, slow: pd.DataFrame) -> None:
 @pytest.fixture(scope="module")
 def demo_fitted() -> Any:
     """The tourism-monthly demo's spec (XGBoost, 200 trees) fitted on a 30-series panel."""
-    forecaster = load_model_spec(DEMO).build_forecaster()
+    forecaster = build_estimator(load_model_spec(DEMO).forecaster)  # the reduction inside intervals: conformal
     return forecaster.fit(panel(), fh=list(range(1, 13)))
 
 
@@ -128,7 +128,7 @@ def test_the_demo_through_fit_spec() -> None:
     """What training.fit_spec returns for the demo spec qualifies, and predicts the same."""
     from service.forecasting.training import fit_spec
 
-    spec = load_model_spec(DEMO)
+    spec = load_model_spec(DEMO).model_copy(update={"intervals": "native"})  # the reduction, not its conformal wrapper
     result = fit_spec(spec, long_table(series=12, length=48))
     assert not isinstance(result.forecaster, FastGlobalReduction)  # engine: sktime, the default
     wrapped = fast_reduction(result.forecaster)

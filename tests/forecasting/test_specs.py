@@ -69,7 +69,8 @@ def test_xgboost_lightgbm_and_sklearn_regressors_are_allowed() -> None:
 
 def test_spec_round_trip_into_json_safe_params() -> None:
     spec = load_model_spec(DEMO_SPECS / "tourism-monthly" / "model.yaml")
-    forecaster = spec.build_forecaster()
+    assert type(spec.build_forecaster()).__name__ == "GlobalConformalIntervals"  # intervals: conformal
+    forecaster = spec.build_forecaster().forecaster
     params = jsonable(forecaster.get_params(deep=False))
     assert params["estimator"] == {
         "class": "xgboost.sklearn.XGBRegressor",

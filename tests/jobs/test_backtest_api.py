@@ -288,7 +288,7 @@ def test_invalid_backtests_are_422_and_leave_no_job(api: Api) -> None:
     assert "bogus" in str(assert_problem(unknown_metric, 422, "bogus")["metrics"])
 
     no_intervals = api.start(
-        "tourism-monthly", {"metrics": ["MAE", "coverage"], "coverage": [0.8], "splitter": {"folds": 1, "horizon": 3}}
+        "sales-hierarchy", {"metrics": ["MAE", "coverage"], "coverage": [0.8], "splitter": {"folds": 1, "horizon": 3}}
     )
     assert assert_problem(no_intervals, 422, "interval")["capability"] == "capability:pred_int"
 

@@ -38,9 +38,11 @@ def test_manifest_records_what_the_issue_lists(registry: Registry) -> None:
 
     assert manifest["artifact"]["sha256"] == hashlib.sha256(artifact).hexdigest()
     assert manifest["artifact"]["size"] == len(artifact)
-    assert manifest["forecaster"]["class"].endswith("RecursiveTabularRegressionForecaster")
-    assert manifest["forecaster"]["params"]["estimator"]["class"] == "xgboost.sklearn.XGBRegressor"
-    assert manifest["forecaster"]["params"]["pooling"] == "global"
+    assert manifest["forecaster"]["class"] == "service.forecasting.conformal.GlobalConformalIntervals"
+    reduction = manifest["forecaster"]["params"]["forecaster"]  # intervals: conformal wraps the reduction
+    assert reduction["class"].endswith("RecursiveTabularRegressionForecaster")
+    assert reduction["params"]["estimator"]["class"] == "xgboost.sklearn.XGBRegressor"
+    assert reduction["params"]["pooling"] == "global"
     for lib in ("python", "sktime", "xgboost", "pandas"):
         assert manifest["libraries"][lib]
     assert manifest["cutoff"] == "2007-12-01"

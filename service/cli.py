@@ -316,8 +316,9 @@ def serve(
             settings.host,
         )
     _check_port_free(settings.host, settings.port)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: make that a clean exit 0, at
+    # once (an interpreter exit would join the pools of a fit still running in a thread)
+    signal.signal(signal.SIGTERM, lambda *_: _exit_now())
     if train_missing or settings.train_missing:
         from service.forecasting.training import models_without_versions
 
@@ -349,10 +350,16 @@ def serve(
         BoundedShutdownServer(config, settings.shutdown_timeout + 5.0, application.state.runtime.runner).run()
         # in-flight sktime threads were given FORECAST_SHUTDOWN_TIMEOUT; do not wait for them
         # at interpreter exit (their answers have nowhere to go): exit now, cleanly
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_now()
+
+
+def _exit_now() -> NoReturn:
+    """Exit 0 with the logs flushed, without the interpreter's exit: it would join every
+    thread and process pool still at work (a first-start fit in the background)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _uvicorn_options(settings: Any) -> dict[str, Any]:

@@ -79,7 +79,7 @@ app() {  # $1 name, $2 last octet, rest: podman run arguments after the common o
   local name=$1 ip=$SUBNET.$2; shift 2
   podman run -d --name "$name" --hostname "${name#"$P-"}" --network "$P-net" --ip "$ip" \
     --add-host "scheduler:$SUBNET.10" --read-only --tmpfs /tmp --health-interval=disable \
-    -e FORECAST_HOST=0.0.0.0 -e FORECAST_PORT=8000 -e FORECAST_REGISTRY=/models \
+    -e FORECAST_HOST=0.0.0.0 -e FORECAST_PORT=8000 -e FORECAST_REGISTRY=/models -e FORECAST_TRAIN_BACKGROUND=false \
     -e FORECAST_DATA_DIR=/data -e MPLCONFIGDIR=/tmp/matplotlib \
     -v "$P-registry:/models" -v "$P-data:/data" "$@" >/dev/null 2>"$TMP/run.err" \
     || { cat "$TMP/run.err" >&2; fail "podman run $name"; }

@@ -46,7 +46,7 @@ def prepare(runtime: Runtime) -> None:
     # the collector's full passes, which otherwise pause every thread for ~100-200 ms
     gc.collect()
     gc.freeze()
-    if not runtime.settings.train_missing or runtime.stop.is_set():
+    if not runtime.settings.train_missing or not runtime.settings.train_background or runtime.stop.is_set():
         return
     runtime.first_training = frozenset(models_without_versions(runtime.registry, "background"))
     try:

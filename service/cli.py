@@ -326,6 +326,7 @@ def serve(
         reg.cleanup_staging()
         # a spec's first_start: background (fits of minutes) trains once the server is ready
         missing, later = models_without_versions(reg, "wait"), models_without_versions(reg, "background")
+        later = later if settings.train_background else []
         if workers > 1:  # each worker would train: here, once, every one of them
             missing, later = missing + later, []
         # a person at a terminal: progress bars, then serve

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     train_missing: bool = Field(
         default=False, description="On start, train every model that has a spec but no version (demo registry)"
     )
+    train_background: bool = Field(
+        default=True,
+        description="With train_missing: also train, once the server is ready, the models whose spec says "
+        "first_start: background (off: they wait for a retrain)",
+    )
     max_horizon: int = Field(default=500, ge=1, description="Largest forecast horizon a request may ask for")
     max_series_per_request: int = Field(default=5000, ge=1, description="Most series a request may name")
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest request body, in bytes")

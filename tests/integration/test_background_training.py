@@ -87,3 +87,24 @@ def test_first_start_is_ready_before_the_background_model_which_is_then_served(
     log = server.log_path.read_text(errors="replace")  # whole: sktime's warnings crowd the tail
     assert "training tourism-bg (1/1, in the background)" in log, server.log()
     assert log.index("trained airline v1") < log.index("training tourism-bg (1/1"), server.log()
+
+
+def test_train_background_off_leaves_the_background_model_to_a_retrain(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.conftest import make_settings, wait_ready
+
+    registry = tmp_path / "models"
+    (registry / "airline").mkdir(parents=True)
+    shutil.copy(DEMO_SPECS / "airline" / "model.yaml", registry / "airline" / "model.yaml")
+    (registry / "tourism-bg").mkdir()
+    (registry / "tourism-bg" / "model.yaml").write_text(yaml.safe_dump(BACKGROUND_SPEC))
+    settings = make_settings(registry, train_missing=True, train_background=False, scheduler=False)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout=120.0)
+        time.sleep(3.0)  # the first start's thread ends after the quick models when background training is off
+        assert versions(registry, "airline") == ["1"]
+        assert versions(registry, "tourism-bg") == []
+        answer = client.post("/v1/models/tourism-bg/predict", json={"horizon": 3})
+        assert answer.status_code == 404, answer.text  # not training: no version, a plain 404

@@ -86,9 +86,12 @@ def load_training_data(
     *,
     sql_url: str | None = None,
     sources_root: Path | None = None,
+    snapshot: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The spec's data and where it is kept: a declared source (builtin, path, SQL) is
-    snapshotted as a dataset version ``{name}.source``, so what was trained on stays readable."""
+    snapshotted as a dataset version ``{name}.source``, so what was trained on stays readable.
+    Without ``snapshot`` (checks before a job exists) nothing is written, and a declared
+    source's reference has no version."""
     raw, version_read = read_source(
         spec.data.source,
         base_dir=registry.model_dir(name),
@@ -97,9 +100,11 @@ def load_training_data(
         sql_url=sql_url,
         dataset_version=dataset_version,
     )
+    if version_read is None and not snapshot:
+        return raw, {"dataset": f"{name}.source", "version": ""}
     if version_read is None:  # a declared source: snapshot it as a dataset version
-        snapshot = datasets.put(f"{name}.source", raw, Roles.from_schema(spec.table_schema()))
-        return raw, {"dataset": f"{name}.source", "version": snapshot["version"]}
+        stored = datasets.put(f"{name}.source", raw, Roles.from_schema(spec.table_schema()))
+        return raw, {"dataset": f"{name}.source", "version": stored["version"]}
     return raw, {"dataset": spec.data.source["dataset"], "version": version_read}
 
 

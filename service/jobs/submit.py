@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from service.datasets.sources import read_source, resolve_source_path
+from service.datasets.sources import resolve_source_path
 from service.datasets.store import DatasetStore
 from service.errors import InvalidInput, SeriesNotFound, SpecError
 from service.forecasting.backtest import BacktestRequest, validate_request
@@ -19,7 +19,7 @@ from service.forecasting.leaderboard import LeaderboardRequest, check_request
 from service.forecasting.served import ServedVersion
 from service.forecasting.specs import read_spec
 from service.forecasting.training import spec_forecaster
-from service.jobs.retrain import RetrainParams, check_gate_metric, model_spec
+from service.jobs.retrain import RetrainParams, check_gate_metric, load_training_data, model_spec
 from service.jobs.store import Job, JobStore
 from service.registry.store import Registry
 from service.tables import Schema, canonical_table, to_sktime
@@ -148,13 +148,8 @@ def submit_leaderboard(
     specs = check_request(spec, request)
     if promote not in (None, "auto", "always", "never"):
         raise InvalidInput("'promote' must be auto, always or never", field="promote")
-    raw, version_read = read_source(
-        spec.data.source,
-        base_dir=registry.model_dir(name),
-        sources_root=sources_root,
-        datasets=datasets,
-        sql_url=sql_url,
-        dataset_version=dataset_version,
+    raw, data_ref = load_training_data(
+        registry, datasets, name, spec, dataset_version, sql_url=sql_url, sources_root=sources_root, snapshot=False
     )
     schema = spec.table_schema()
     y, x = to_sktime(canonical_table(raw, schema, what="training data"), schema)
@@ -175,7 +170,7 @@ def submit_leaderboard(
             ) from None
     params: dict[str, Any] = {
         **request.to_params(),
-        "dataset_version": version_read if version_read is not None else dataset_version,
+        "dataset_version": data_ref["version"] or dataset_version,  # a dataset's: the version checked
         "publish": publish,
         "promote": promote,
     }

@@ -17,7 +17,17 @@ from service import __version__
 from service.api import openapi, problems
 from service.api.compression import GzipLargeAnswers
 from service.api.limits import BodyLimits
-from service.api.routes import backtests, datasets, forecasters, health, jobs, leaderboards, models, predict
+from service.api.routes import (
+    backtests,
+    datasets,
+    forecasters,
+    health,
+    jobs,
+    leaderboards,
+    models,
+    monitoring,
+    predict,
+)
 from service.api.uploads import sweep_spools
 from service.forecasting.allowlist import allowed_classes
 from service.forecasting.training import models_without_versions, train_missing
@@ -169,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(backtests.router)
     app.include_router(leaderboards.router)
+    app.include_router(monitoring.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(forecasters.router)

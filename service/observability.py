@@ -105,6 +105,31 @@ class Metrics:
             "forecast_response_cache_entries", "Answers held in the response cache", registry=r
         )
 
+        self.live_metric = Gauge(
+            "forecast_live_metric",
+            "Live accuracy over the monitoring window: forecasts met by their actuals",
+            ["model", "version", "metric"],
+            registry=r,
+        )
+        self.anomalies = Counter(
+            "forecast_anomalies", "Actuals outside the served interval, as they arrived", ["model"], registry=r
+        )
+        self.drift_breach = Gauge(
+            "forecast_drift_breach",
+            "1 while the production version's live metric breaches its policy",
+            ["model"],
+            registry=r,
+        )
+
+    def live_metric_seen(self, model: str, version: int, metric: str, value: float | None) -> None:
+        self.live_metric.labels(model, str(version), metric).set(float("nan") if value is None else value)
+
+    def anomalies_seen(self, model: str, count: int) -> None:
+        self.anomalies.labels(model).inc(count)
+
+    def drift_seen(self, model: str, state: str) -> None:
+        self.drift_breach.labels(model).set(1.0 if state == "breach" else 0.0)
+
     def watch_responses(self, size: Callable[[], float], entries: Callable[[], float]) -> None:
         """Read the response cache's counted bytes and its entries at each scrape."""
         self.response_cache_bytes.set_function(size)

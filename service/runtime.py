@@ -18,9 +18,11 @@ from service.forecasting.served import Limits
 from service.forecasting.shards import ShardCache
 from service.jobs.context import WorkerContext
 from service.jobs.executors.local import LocalProcessExecutor
+from service.jobs.monitor import Monitor, MonitorHooks
 from service.jobs.runner import JobExecutor, JobRunner
 from service.jobs.store import Job, JobStore, process_owner
 from service.observability import Metrics
+from service.records.store import RecordStore
 from service.registry.store import Registry
 from service.security import KeyRing
 from service.serving.cache import ModelCache
@@ -44,6 +46,7 @@ class Runtime:
     datasets: DatasetStore
     keys: KeyRing
     metrics: Metrics
+    monitor: Monitor
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     training: bool = False  # first-start training of models without versions is running
     first_training: frozenset[str] = frozenset()  # models the first start trains in the background, until done
@@ -63,6 +66,16 @@ class Runtime:
         context = worker_context(settings, registry)
         responses = ResponseCache(settings.response_cache_bytes)
         metrics.watch_responses(lambda: responses.size, lambda: len(responses))
+        datasets = DatasetStore(settings.data_dir)
+        monitor = Monitor(
+            registry,
+            RecordStore(settings.data_dir),
+            jobs,
+            datasets,
+            max_rows=settings.record_max_rows,
+            max_age_days=settings.record_max_age_days,
+            hooks=MonitorHooks(metrics.live_metric_seen, metrics.anomalies_seen, metrics.drift_seen),
+        )
         return cls(
             settings=settings,
             registry=registry,
@@ -86,11 +99,12 @@ class Runtime:
                 stale_after=settings.job_stale_seconds,
                 retention_days=settings.job_retention_days,
             ),
-            datasets=DatasetStore(settings.data_dir),
+            datasets=datasets,
             keys=KeyRing.load(
                 settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
             ),
             metrics=metrics,
+            monitor=monitor,
         )
 
     def __post_init__(self) -> None:

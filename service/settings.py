@@ -117,6 +117,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Finished jobs (row, result and files) are deleted this many days after they finished (0 = kept)",
     )
+    record_max_rows: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="Monitoring: forecast rows recorded per model (published and live); the oldest records go first",
+    )
+    record_max_age_days: float = Field(
+        default=730.0,
+        ge=0,
+        description="Monitoring: recorded forecasts and actuals older than this many days are deleted (0 = kept)",
+    )
     max_wait_seconds: float = Field(
         default=60.0, ge=0, description="Longest `?wait=true` a backtest request may block for"
     )

@@ -1,9 +1,9 @@
 """The house rule: imports point down the layers, never up, never in a circle.
 
     cli/app  ->  api (+ schemas beside it)  ->  runtime  ->  jobs  ->  serving
-             ->  forecasting  ->  {registry, datasets}  ->  ground
+             ->  forecasting  ->  {registry, datasets, records}  ->  ground
 
-A module may import its own layer or any layer below; the two stores never import each
+A module may import its own layer or any layer below; the stores never import each
 other; schemas never import the api. A function-level import of our own modules needs
 a reason in `DEFERRED` (start-up cost, an optional extra).
 """
@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("jobs", ("service.jobs",)),
     ("serving", ("service.serving",)),
     ("forecasting", ("service.forecasting",)),
-    ("stores", ("service.registry", "service.datasets")),
+    ("stores", ("service.registry", "service.datasets", "service.records")),
     (
         "ground",
         (
@@ -102,7 +102,7 @@ def layer_of(module: str) -> int:
 
 
 def store_of(module: str) -> str | None:
-    for store in ("service.registry", "service.datasets"):
+    for store in ("service.registry", "service.datasets", "service.records"):
         if module == store or module.startswith(store + "."):
             return store
     return None

@@ -29,6 +29,8 @@ from service.api.problems import (
 
 OPERATION_IDS: dict[str, str] = {
     "forecast_png": "forecastPlot",
+    "post_actuals": "sendActuals",
+    "monitoring_png": "monitoringPlot",
 }
 """Route function name -> operation id, where the camelCase of the name is not the API's word."""
 

@@ -184,7 +184,28 @@ def append(
     frame = read_body_file(runtime, body, content_type)
     _check_rows(runtime, frame)
     runtime.datasets.append(name, frame, missing=missing)
+    _appended_actuals(runtime, name, frame)
     return runtime.datasets.describe(name)
+
+
+def _appended_actuals(runtime: Any, name: str, frame: pd.DataFrame) -> None:
+    """Rows appended to a dataset are actuals of every model whose spec reads it. The append
+    stands whatever they say to monitoring (a row it cannot score is logged, not refused)."""
+    for model in readers(runtime, name):
+        if model.endswith(".source") or not runtime.registry.list_versions(model):
+            continue
+        try:
+            runtime.monitor.ingest(model, frame, source="dataset")
+        except ServiceError as exc:
+            log.warning("actuals of %s from dataset %s not taken: %s", model, name, exc.detail)
+
+
+def actuals(runtime: Any, name: str, body: Path | bytes, content_type: str | None) -> dict[str, Any]:
+    """``POST /v1/models/{name}/actuals``: a table of actuals for a model."""
+    runtime.registry.require_model(name)  # 404 before parsing
+    frame = read_body_file(runtime, body, content_type)
+    _check_rows(runtime, frame)
+    return runtime.monitor.ingest(name, frame, source="actuals")
 
 
 def readers(runtime: Any, name: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from service.errors import CapabilityUnavailable, InvalidInput
+from service.errors import CapabilityUnavailable, InvalidInput, ServiceError
 from service.forecasting.chunked_fit import map_chunks, series_chunks
 from service.forecasting.progress import Cancelled
 from service.forecasting.sktime_internals import requires_residuals
@@ -371,6 +371,25 @@ def run_backtest(
     report(n_folds, n_folds)
     wall = time.perf_counter() - started
     return _summarise(frame, metrics, request, schema, wall)
+
+
+def promised_metrics(spec_metric: str | None, gate_metric: str) -> tuple[str, ...]:
+    """The point metrics a version's publish-time backtest records as its promise: the gate's,
+    and the one the spec's drift policy watches."""
+    return tuple(dict.fromkeys(m for m in (gate_metric, spec_metric) if m))
+
+
+def backtest_promise(
+    forecaster: Any, y: pd.DataFrame, x: pd.DataFrame | None, schema: Schema, horizon: int, metrics: Sequence[str]
+) -> dict[str, Any]:
+    """The manifest's ``metrics`` of a version published without a gate (a first start): one
+    refit fold of ``horizon`` at the end of the data, as the retrain gate runs it."""
+    request = BacktestRequest(SplitterSpec("folds", horizon=horizon, folds=1), "refit", tuple(metrics))
+    try:
+        result, _ = run_backtest(forecaster, y, x, request, schema, chunked=True)
+    except (ServiceError, ValueError) as exc:
+        return {"backtest_error": str(exc)[:500]}
+    return {"backtest": {m: result["aggregate"].get(m) for m in metrics}}
 
 
 def _interval_scorer(request: BacktestRequest, y: pd.DataFrame, x: pd.DataFrame | None) -> list[Any]:

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from service.errors import Conflict, InvalidInput, SeriesNotFound
@@ -97,6 +98,45 @@ def backtest_png(jobs: Any, data_dir: str, job_id: str, series: str | None) -> b
     ax.legend(loc="upper left", fontsize=8, ncol=4)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def monitoring_png(data: dict[str, Any]) -> bytes:
+    """Actuals against the forecasts served for them (with their band), one panel per series,
+    and the rolling live metric of a version with its backtest's promise."""
+    panels = data["panels"]
+    fig, axes = plt.subplots(len(panels) + 1, 1, figsize=(9, 2.8 * (len(panels) + 1)), squeeze=False)
+    for ax, panel in zip(axes[:-1, 0], panels, strict=False):
+        x = _wire_x(panel["times"], data["freq"])
+        ax.plot(x, panel["actual"], "o-", color="#333333", lw=1.2, ms=3, label="actual")
+        ax.plot(x, panel["forecast"], "o-", color="#1f77b4", lw=1.6, ms=3, label="served forecast")
+        if panel["lower"] is not None:
+            ax.fill_between(
+                x, panel["lower"], panel["upper"], color="#1f77b4", alpha=0.2, label=f"{data['coverage']:.0%} interval"
+            )
+            outside = (panel["actual"] < panel["lower"]) | (panel["actual"] > panel["upper"])
+            ax.scatter(x[outside], panel["actual"][outside], color="#d62728", zorder=5, label="anomaly")
+        title = " / ".join(panel["series"]) or data["model"]
+        ax.set_title(f"{data['model']}: {title} ({data['target']})", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[-1, 0]
+    rolling = data["rolling"]
+    if rolling:
+        x = _wire_x([r["time"] for r in rolling], data["freq"])
+        values = [float("nan") if r["value"] is None else r["value"] for r in rolling]
+        ax.plot(x, values, "o-", color="#2ca02c", lw=1.6, ms=3, label=f"live {data['metric']}")
+    if data["promised"] is not None:
+        ax.axhline(data["promised"], color="#ff7f0e", ls="--", label="backtest promise")
+    ax.set_title(f"{data['model']} v{data['version']}: rolling {data['metric']}", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _wire_x(times: Any, freq: str | None) -> Any:
+    if freq is None:
+        return np.asarray(times)
+    return _x(parse_times(list(times), freq, "time"))
 
 
 def _png(fig: Any) -> bytes:

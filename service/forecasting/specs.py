@@ -293,6 +293,40 @@ class PromotionSpec(_Strict):
     )
 
 
+class MonitoringSpec(_Strict):
+    """How the service watches a model's forecasts meet their actuals (`service.jobs.monitor`)."""
+
+    metric: Literal["MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE"] = Field(
+        default="MASE", description="the live metric the drift policy compares with the version's backtest"
+    )
+    window: int = Field(
+        default=6, ge=1, le=10_000, description="the latest N times with actuals that the live metric covers"
+    )
+    degrade: float = Field(
+        default=0.25,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="a breach: the live metric over the window is above the backtest's by more than this fraction",
+    )
+    min_actuals: int = Field(
+        default=12, ge=1, description="forecast-actual pairs the window needs before the policy judges"
+    )
+    action: Literal["retrain", "alert", "none"] = Field(
+        default="alert",
+        description="on a breach: retrain (one retrain per breach, the gate decides), alert (flagged in "
+        "/monitoring and the metrics only), none (no policy)",
+    )
+    coverage: float = Field(
+        default=0.95, gt=0.0, lt=1.0, description="anomalies: actuals outside the served interval at this coverage"
+    )
+    record_live: bool = Field(
+        default=False, description="record every live forecast (a request's record: true records that one)"
+    )
+    observations_are_actuals: bool = Field(
+        default=False, description="the observations sent with predict requests are taken as actuals too"
+    )
+
+
 class ModelSpec(_Strict):
     """The content of ``models/<name>/model.yaml``."""
 
@@ -343,6 +377,11 @@ class ModelSpec(_Strict):
         "whole panel (forecasting/engines.py); auto does so when the twin's numbers equal sktime's "
         "(the StatsForecast* adapters) and predicts a global recursive reduction for the whole panel at "
         "once (forecasting/reduction.py, identical numbers); sktime vectorises per series",
+    )
+    monitoring: MonitoringSpec | None = Field(
+        default=None,
+        description="the drift policy and what is recorded (none: forecasts and actuals are recorded and "
+        "scored all the same, with no policy)",
     )
     first_start: Literal["wait", "background"] = Field(
         default="wait",

@@ -14,6 +14,7 @@ import pandas as pd
 
 from service.datasets.sources import read_source
 from service.errors import InvalidInput, ServiceError, SpecError
+from service.forecasting.backtest import backtest_promise, promised_metrics
 from service.forecasting.chunked_fit import fit_in_chunks
 from service.forecasting.conformal import residual_counts
 from service.forecasting.engines import StatsForecastPanel, statsforecast_twin
@@ -179,6 +180,13 @@ def train_and_publish(
     )
     say("fitting", 0, None)
     result = fit_spec(spec, raw, parallel=parallel)
+    metrics = None
+    if spec.monitoring is not None and spec.monitoring.action != "none":  # the promise the policy compares with
+        say("backtesting", 0, None)
+        watched = promised_metrics(spec.monitoring.metric, spec.promotion.metric)
+        metrics = backtest_promise(
+            with_quiet_workers(result.forecaster.clone()), result.y, result.x, result.schema, spec.horizon, watched
+        )
     say("publishing", 0, None)
     version = publish_version(
         registry,
@@ -195,6 +203,7 @@ def train_and_publish(
             job_id=job_id,
             fit_seconds=round(result.fit_seconds, 4),
             observations=spec.observations,
+            metrics=metrics,
         ),
     )
     if promote:

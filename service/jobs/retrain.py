@@ -14,7 +14,7 @@ import pandas as pd
 from service.datasets.sources import read_source
 from service.datasets.store import DatasetStore, Roles
 from service.errors import InvalidInput, ServiceError
-from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, run_backtest
+from service.forecasting.backtest import POINT_METRICS, BacktestRequest, SplitterSpec, promised_metrics, run_backtest
 from service.forecasting.progress import Progress
 from service.forecasting.publishing import PublishRequest, keep_newest, publish_version
 from service.forecasting.shards import load_fitted
@@ -147,13 +147,16 @@ def retrain(
     say("fitting", n_series, n_series)
 
     gate_y, gate_x, sampled = gate_sample(y, x, schema.kind, spec.promotion.gate_series)
-    window = BacktestRequest(SplitterSpec("folds", horizon=spec.horizon, folds=params.gate_folds), "refit", (metric,))
+    watched = promised_metrics(spec.monitoring.metric if spec.monitoring else None, metric)
+    window = BacktestRequest(SplitterSpec("folds", horizon=spec.horizon, folds=params.gate_folds), "refit", watched)
     production_version = registry.read_aliases(name).get("production")
     scores: dict[str, Any] = {"metric": metric, "candidate": None, "production": None}
+    promised: dict[str, Any] = {}
     say("comparing", 0, 2 if production_version else 1)
     try:
         candidate_result, _ = run_backtest(unfitted, gate_y, gate_x, window, schema, chunked=True)
         scores["candidate"] = candidate_result["aggregate"][metric]
+        promised = {m: candidate_result["aggregate"].get(m) for m in watched}
     except (ServiceError, ValueError) as exc:
         scores["candidate_error"] = str(exc)[:500]
     if production_version is not None:
@@ -186,7 +189,7 @@ def retrain(
             job_id=job_id,
             fit_seconds=round(fit_seconds, 4),
             observations=spec.observations,
-            metrics={"gate": scores, "headline": {metric: scores["candidate"]}},
+            metrics={"gate": scores, "headline": {metric: scores["candidate"]}, "backtest": promised},
         ),
     )
     promote, reason = decide(policy, scores["candidate"], scores["production"], tolerance)

@@ -337,6 +337,10 @@ class JobStore:
             )
         return self.get(row["job_id"])
 
+    def by_key(self, key: str) -> Job | None:
+        """The job an idempotency key was answered with, whatever its body was."""
+        return self._by_key(key, None)
+
     def _active(self, kind: str, model: str) -> Job | None:
         query = sa.select(jobs_table).where(jobs_table.c.active_slot == f"{kind}:{model}")
         with self.engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,15 @@ from service.forecasting.shards import load_fitted
 from service.forecasting.specs import allow_list, write_spec
 from service.forecasting.training import spec_forecaster
 from service.jobs.context import WorkerContext
+from service.jobs.monitor import Monitor
 from service.jobs.retention import job_dir
 from service.jobs.retrain import RetrainParams, load_training_data, model_spec, retrain
 from service.jobs.store import Job
 from service.jobs.submit import backtest_data
+from service.records.store import RecordStore
 from service.tables import Schema, canonical_table, to_sktime, write_parquet
+
+log = logging.getLogger(__name__)
 
 
 def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
@@ -103,8 +108,11 @@ def run_leaderboard_job(job: Job, context: WorkerContext, progress: Progress) ->
 
 
 def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
-    return retrain(
-        context.registry(),
+    """A retrain; then the new version's forecast goes into the monitoring record (before
+    retention can prune it), and the result says what triggered it (a drift breach, a slot)."""
+    registry = context.registry()
+    result = retrain(
+        registry,
         DatasetStore(context.data_dir),
         job.model,
         RetrainParams.from_dict(job.params),
@@ -113,6 +121,13 @@ def run_retrain_job(job: Job, context: WorkerContext, progress: Progress) -> dic
         sources_root=Path(context.sources_root) if context.sources_root else None,
         progress=progress,
     )
+    try:
+        Monitor(registry, RecordStore(context.data_dir), None).sync(job.model)
+    except Exception:  # the version is published and decided; the next sync records it
+        log.exception("monitoring record of %s not written", job.model)
+    if job.params.get("trigger"):
+        result["trigger"] = {k: job.params[k] for k in ("trigger", "breach", "slot") if k in job.params}
+    return result
 
 
 # imported by the forkserver before any job: every job process inherits the built allow-list

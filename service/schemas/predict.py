@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from service.errors import InvalidInput, LimitExceeded
 from service.forecasting.served import PredictQuery
@@ -77,6 +77,11 @@ class PredictRequest(BaseModel):
     )
     version: StrictInt | None = Field(default=None, ge=1, description="A version number")
     alias: StrictStr | None = Field(default=None, description="An alias; default 'production'")
+    record: StrictBool = Field(
+        default=False,
+        description="Record this forecast for monitoring (live accuracy, anomalies); the spec's "
+        "monitoring.record_live records every live one",
+    )
 
     @property
     def has_tables(self) -> bool:

@@ -38,7 +38,7 @@ Missing = Annotated[
 
 
 @contextlib.asynccontextmanager
-async def _spooled(request: Request, runtime: RuntimeDep) -> AsyncIterator[FilePath]:
+async def spooled_body(request: Request, runtime: RuntimeDep) -> AsyncIterator[FilePath]:
     """The request body streamed to a file in the datasets folder's tmp area (never one
     bytes object in memory; BodyLimits counts it against FORECAST_MAX_UPLOAD_BYTES), removed
     afterwards, also on error or disconnect."""
@@ -85,7 +85,7 @@ async def put_dataset(
     missing: Missing = "error",
 ) -> DatasetInfo:
     roles = {"time": time, "targets": _csv(targets), "keys": _csv(keys), "exogenous": _csv(exogenous), "freq": freq}
-    async with _spooled(request, runtime) as body:
+    async with spooled_body(request, runtime) as body:
         doc = await runtime.run_ingest(
             uploads.upload, runtime, name, body, request.headers.get("content-type"), roles, model, missing
         )
@@ -103,7 +103,7 @@ async def put_dataset(
 async def append_observations(
     name: DatasetName, request: Request, runtime: RuntimeDep, missing: Missing = "error"
 ) -> DatasetInfo:
-    async with _spooled(request, runtime) as body:
+    async with spooled_body(request, runtime) as body:
         doc = await runtime.run_ingest(
             uploads.append, runtime, name, body, request.headers.get("content-type"), missing
         )

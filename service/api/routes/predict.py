@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -12,12 +13,15 @@ from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
+from service.errors import ServiceError
 from service.forecasting import plots
 from service.forecasting.served import Answer, Limits, PredictQuery, ServedVersion
 from service.runtime import Runtime
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series, parse_body
 from service.serving.fastlane import ARROW, CSV, answer_headers, encode_forecast, negotiate
 from service.serving.responses import CachedAnswer
+
+log = logging.getLogger(__name__)
 
 OBSERVATIONS_HEADER = "X-Observations-Mode"
 """How a forecast with ``observations`` took them: ``state`` (fixed parameters, new data) or
@@ -105,14 +109,16 @@ async def predict(name: Annotated[str, Path(examples=["airline"])], body: Predic
     request.state.model, request.state.version = name, served.version
     runtime.metrics.predictions.labels(name, str(served.version)).inc()
     media = negotiate(request.headers.get("accept"))
-    answer = await _answer(runtime, served, body, len(await request.body()))
+    answer, query = await _answer(runtime, served, body, len(await request.body()))
     runtime.metrics.fast_path.labels(name, "fast" if answer.fast else "live").inc()
+    if body.record or not answer.fast:
+        await runtime.run_blocking(_monitor, runtime, served, body, answer, query)
     payload, cutoff = encode_forecast(name, served, answer, media)
     headers = answer_headers(served, cutoff)
     if answer.observations_mode:
         headers[OBSERVATIONS_HEADER] = answer.observations_mode
     response = Response(payload, media_type=media, headers=headers)
-    if answer.fast and body.alias is None:
+    if answer.fast and body.alias is None and not body.record:
         # the fast lane answers the same bytes next time without FastAPI (service.serving.fastlane)
         entry = CachedAnswer(
             version=served.version,
@@ -124,19 +130,45 @@ async def predict(name: Annotated[str, Path(examples=["airline"])], body: Predic
     return response
 
 
-async def _answer(runtime: Runtime, served: ServedVersion, body: PredictRequest, size: int) -> Answer:
+async def _answer(
+    runtime: Runtime, served: ServedVersion, body: PredictRequest, size: int
+) -> tuple[Answer, PredictQuery | None]:
     """A small body without tables is answered on the loop when the precomputed table covers
-    it; tables (and anything in a large body) are converted and answered on a worker thread."""
+    it; tables (and anything in a large body) are converted and answered on a worker thread.
+    Returns the answer and, when tables were converted, the query they became."""
     limits, max_columns = runtime.limits, runtime.settings.max_columns_per_table
     timeout = runtime.settings.live_predict_timeout
     if body.has_tables or size > INLINE_BODY_BYTES:
         return await runtime.run_blocking(_convert_and_answer, served, body, limits, max_columns, timeout=timeout)
     query = body.to_query(served.schema.keys, max_columns)
-    return served.try_fast(query, limits) or await runtime.run_blocking(served.answer, query, limits, timeout=timeout)
+    fast = served.try_fast(query, limits)
+    if fast is not None:
+        return fast, None
+    return await runtime.run_blocking(served.answer, query, limits, timeout=timeout), None
 
 
-def _convert_and_answer(served: ServedVersion, body: PredictRequest, limits: Limits, max_columns: int) -> Answer:
-    return served.answer(body.to_query(served.schema.keys, max_columns), limits)
+def _convert_and_answer(
+    served: ServedVersion, body: PredictRequest, limits: Limits, max_columns: int
+) -> tuple[Answer, PredictQuery]:
+    query = body.to_query(served.schema.keys, max_columns)
+    return served.answer(query, limits), query
+
+
+def _monitor(
+    runtime: Runtime, served: ServedVersion, body: PredictRequest, answer: Answer, query: PredictQuery | None
+) -> None:
+    """A live answer goes into the monitoring record when asked (``record``, the spec's
+    ``record_live``); its observations are actuals when the spec says so."""
+    policy = runtime.monitor.policy(served.name)
+    if body.record or policy.record_live:
+        runtime.monitor.record_live(
+            served.name, served.version, served.schema, answer.cutoff, answer.columns, body.coverage, body.quantiles
+        )
+    if query is not None and query.observations is not None and policy.observations_are_actuals:
+        try:
+            runtime.monitor.ingest(served.name, query.observations, source="observations")
+        except ServiceError as exc:  # the forecast stands; the actuals are logged as not taken
+            log.warning("observations of %s not taken as actuals: %s", served.name, exc.detail)
 
 
 @router.get(

@@ -385,3 +385,21 @@ def test_retention_bounds_the_record_and_a_restart_keeps_it(shift_root: Path) ->
         wait_ready(client)
         after = client.get("/v1/models/shift/monitoring").json()
     assert after == before
+
+
+def test_the_monitoring_plot_and_a_window_since_a_time(client: TestClient, shift_root: Path) -> None:
+    actuals = actuals_after(Registry(shift_root), "shift")
+    assert client.post("/v1/models/shift/actuals", json=wire(actuals)).status_code == 200
+    png = client.get("/v1/models/shift/monitoring.png", params={"series": ["s07", "s08"]})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG") and len(png.content) > 10_000
+    assert client.get("/v1/models/shift/monitoring.png", params={"metric": "nope"}).status_code == 422
+    whole = client.get("/v1/models/shift/monitoring").json()["versions"][0]
+    recent = client.get("/v1/models/shift/monitoring", params={"since": "2023-05"}).json()["versions"][0]
+    assert recent["window"]["points"] == 50 * 2 and recent["window"]["start"].startswith("2023-05")
+    assert {s["step"] for s in recent["by_step"]} == {5, 6}
+    assert recent["by_step"] == [s for s in whole["by_step"] if s["step"] in (5, 6)]
+    short = client.get("/v1/models/shift/monitoring", params={"window": 2}).json()["versions"][0]
+    assert short["overall"] == recent["overall"]
+    one = client.get("/v1/models/shift/monitoring", params={"series": "s07"}).json()["versions"][0]
+    assert [s["series"] for s in one["per_series"]] == [["s07"]]

@@ -22,11 +22,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (registry, server logs)")
     parser.add_argument(
         "--only",
-        choices=["all", "predict", "varied", "retrain", "scale", "accuracy"],
+        choices=["all", "predict", "varied", "retrain", "scale", "accuracy", "monitoring"],
         default="all",
         help="which benchmarks to run (varied: predict bodies varying per request vs the floor; accuracy: "
         "competition data through the API, quick: Tourism seasonal naive, full: Tourism and M1, seasonal "
-        "naive and auto; BENCH_ACCURACY='tourism:SeasonalNaive,auto;m1:auto' chooses)",
+        "naive and auto; BENCH_ACCURACY='tourism:SeasonalNaive,auto;m1:auto' chooses; monitoring: ingest of "
+        "1000 series x 12 actuals, the monitoring query and the record's growth per version)",
     )
     return parser.parse_args(argv)
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         run_scale_into(args.out, os.environ.get("BENCH_SCALE", "1000,10000"))
     if args.only in ("all", "accuracy"):
         run_accuracy_part(args.out, profile.name, os.environ.get("BENCH_ACCURACY"))
+    if args.only in ("all", "monitoring"):
+        from bench.monitoring import run_monitoring_into
+
+        run_monitoring_into(args.out, profile.name)
     return 0
 
 

@@ -139,8 +139,8 @@ def long_forecasts(records: Sequence[RecordedForecast], schema: Schema) -> pd.Da
             part["record"] = record.record_id
             parts.append(part)
     if not parts:
-        columns = [*keys, TICK, "target", "point", "scale", "version", "cutoff", "kind", "recorded_at", "record", "step"]
-        return pd.DataFrame(columns=columns)
+        columns = ["target", "point", "scale", "version", "cutoff", "kind", "recorded_at", "record", "step"]
+        return pd.DataFrame(columns=[*keys, TICK, *columns])
     frame = pd.concat(parts, ignore_index=True)
     if "scale" not in frame.columns:
         frame["scale"] = np.nan

@@ -281,7 +281,7 @@ class Monitor:
         schema = self.schema(name)
         policy = self.policy(name)
         window = window or policy.window
-        pairs = self._pairs(name, schema, series, since)
+        pairs = self.pairs(name, schema, series, since)
         production = self.registry.read_aliases(name).get("production")
         versions = sorted(int(v) for v in pairs["version"].unique()) if len(pairs) else []
         if version is not None:
@@ -325,7 +325,10 @@ class Monitor:
             "policy": self._policy_state(name, policy, schema, pairs),
         }
 
-    def _pairs(self, name: str, schema: Schema, series: Sequence[tuple[str, ...]] | None, since: Any) -> pd.DataFrame:
+    def pairs(
+        self, name: str, schema: Schema, series: Sequence[tuple[str, ...]] | None = None, since: Any = None
+    ) -> pd.DataFrame:
+        """Every recorded forecast joined with its actuals (of ``series``, at or after ``since``)."""
         forecasts = self._forecasts(name, schema)
         actuals = self._all_actuals(name, schema)
         pairs = mon.join(forecasts, actuals, schema)
@@ -420,7 +423,7 @@ class Monitor:
         schema = self.schema(name)
         coverage = mon.check_coverage(coverage if coverage is not None else self.policy(name).coverage)
         self._require_intervals(name)
-        pairs = self._pairs(name, schema, series, since)
+        pairs = self.pairs(name, schema, series, since)
         points = mon.served_points(pairs, schema, self._served_versions(name))
         flagged = mon.score_anomalies(points, schema, coverage, name)
         flagged = flagged.sort_values([mon.TICK, *schema.keys], kind="mergesort")
@@ -450,7 +453,7 @@ class Monitor:
         metric = metric or policy.metric
         if metric not in mon.POINT_METRICS:
             raise InvalidInput(f"metric must be one of {list(mon.POINT_METRICS)}", field="metric")
-        pairs = self._pairs(name, schema, series, None)
+        pairs = self.pairs(name, schema, series, None)
         if pairs.empty:
             raise NotFound(f"no actuals of {name} met a recorded forecast yet (POST its actuals)", model=name)
         version = version or self.registry.read_aliases(name).get("production") or int(pairs["version"].max())

@@ -1139,6 +1139,156 @@ def _local_leaderboard(
     return dict(_follow(store, job.id, runner).public())
 
 
+# ---------------------------------------------------------------------- monitoring
+LIVE_METRICS = ("MAE", "RMSE", "MAPE", "sMAPE", "MASE", "WAPE")
+
+
+def _local_runtime(registry: Path | None, data_dir: Path | None, warn_missing: bool = True) -> Any:
+    """What `service.api.uploads` and the monitoring endpoints need of a runtime (settings,
+    registry, datasets, the monitor on this data folder's record and job stores), built
+    here as the server builds it."""
+    from types import SimpleNamespace
+
+    from service.datasets.store import DatasetStore
+    from service.jobs.monitor import Monitor
+    from service.records.store import RecordStore
+
+    settings = _settings(registry, data_dir)
+    reg = _registry(registry, warn_missing=warn_missing)
+    datasets = DatasetStore(settings.data_dir)
+    monitor = Monitor(
+        reg,
+        RecordStore(settings.data_dir),
+        _job_store(registry, data_dir),
+        datasets,
+        max_rows=settings.record_max_rows,
+        max_age_days=settings.record_max_age_days,
+    )
+    return SimpleNamespace(settings=settings, registry=reg, datasets=datasets, monitor=monitor)
+
+
+@app.command()
+def monitoring(
+    name: str,
+    registry: RegistryOption = None,
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+    version: Annotated[int | None, typer.Option(help="One version (default: every version with actuals)")] = None,
+    series: Annotated[
+        list[str] | None, typer.Option("--series", help="A series, key values joined by '/' (repeatable)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Only actuals at or after this time")] = None,
+    window: Annotated[int | None, typer.Option(help="Times in the rolling window (default: the spec's)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Live accuracy per version over the rolling window, against what its backtest
+    promised, and the drift policy's state; offline on the local folders, or from --url."""
+    if url:
+        with _remote(url, api_key) as client:
+            doc = client.monitoring(name, version=version, series=series or None, since=since, window=window)
+    else:
+        from service.schemas.predict import normalize_series
+
+        runtime = _local_runtime(registry, data_dir)
+        _data_dir(data_dir, registry)
+        try:
+            keys = runtime.monitor.schema(name).keys
+            chosen = tuple(normalize_series(s.split("/"), keys) for s in series) if series else None
+            doc = runtime.monitor.report(
+                name,
+                version=version,
+                series=chosen,
+                since=_time_value(since) if since is not None else None,
+                window=window,
+            )
+        except ServiceError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(doc)
+        return
+    _print_monitoring(doc)
+
+
+def _print_monitoring(doc: dict[str, Any]) -> None:
+    policy = doc["policy"]
+    metric = policy.get("metric") or "MASE"
+    rows = []
+    for entry in doc["versions"]:
+        overall = entry.get("overall") or {}
+        window = entry["window"]
+        rows.append(
+            [
+                entry["version"],
+                "yes" if entry["production"] else "",
+                window["points"],
+                f"{window['start']} .. {window['end']}" if window["start"] is not None else None,
+                *[_fmt(overall.get(m)) for m in LIVE_METRICS],
+                _fmt((entry.get("promised") or {}).get(metric)),
+                _fmt((entry.get("drift") or {}).get(metric)),
+            ]
+        )
+    columns = ["version", "production", "points", "window", *LIVE_METRICS, f"promised {metric}", f"drift {metric}"]
+    _print_table(columns, rows, whole=["version", "window"])
+    line = f"policy: {policy['state']} (action {policy['action']})"
+    if policy.get("declared") and policy["state"] not in ("none", "no_promise"):
+        line += (
+            f"; v{policy.get('version')} {metric} live {_fmt(policy.get('live'))}, limit {_fmt(policy.get('limit'))}"
+            f" = promised {_fmt(policy.get('promised'))} x (1 + {policy.get('degrade')}),"
+            f" {policy.get('points')} points (needs {policy.get('min_actuals')})"
+        )
+    if policy.get("job"):
+        line += f"; retrain job {str(policy['job'])[:SHORT_ID]}"
+    typer.echo(line)
+    typer.echo(f"{doc['actuals']} actual rows stored; window {doc['window']} times")
+
+
+@app.command()
+def actuals(
+    name: str,
+    file: Annotated[Path, typer.Argument(help="A CSV, Parquet or column-oriented JSON table of actuals")],
+    registry: RegistryOption = None,
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a model's actuals: joined to every recorded forecast and scored; prints how many
+    met one, the anomalies and the drift policy's state (a breach with action retrain
+    queues the retrain)."""
+    if not file.is_file():
+        _die(f"no such file: {file}")
+    if url:
+        with _remote(url, api_key) as client:
+            doc = client.send_actuals(name, file)
+    else:
+        from service.api import uploads
+
+        runtime = _local_runtime(registry, data_dir)
+        try:
+            doc = uploads.actuals(runtime, name, file.read_bytes(), _content_type(file))
+        except ServiceError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(doc)
+        return
+    missed = doc["unmatched"]
+    typer.echo(
+        f"{name}: {doc['rows']} rows, {doc['matched']} matched a recorded forecast ({doc['forecasts_met']} "
+        f"forecast-actual pairs); {missed['rows']} unmatched ({missed['unknown_series']} of unknown series, "
+        f"{missed['uncovered_times']} at times no forecast covers)"
+    )
+    typer.echo(f"anomalies: {doc['anomalies']} outside the {doc['coverage']:g} interval")
+    drift = doc["drift"]
+    line = f"drift: {drift['state']} (action {drift['action']})"
+    if drift.get("ratio") is not None:
+        line += f"; {drift.get('metric')} live / promised = {_fmt(drift['ratio'])}"
+    if drift.get("job"):
+        state = "queued" if drift.get("triggered") else "existing"
+        line += f"; {state} retrain job {str(drift['job'])[:SHORT_ID]}"
+    typer.echo(line)
+
+
 # ---------------------------------------------------------------------- jobs
 def _job_rows(jobs: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return [
@@ -1256,14 +1406,9 @@ def jobs_cancel(
 
 # ---------------------------------------------------------------------- datasets
 def _local_upload(data_dir: Path | None, registry: Path | None) -> Any:
-    """What `service.api.uploads` needs of a runtime, for this process's folders."""
-    from types import SimpleNamespace
-
-    from service.datasets.store import DatasetStore
-
-    settings = _settings(registry, data_dir)
-    reg = _registry(registry, warn_missing=False)
-    return SimpleNamespace(settings=settings, registry=reg, datasets=DatasetStore(settings.data_dir))
+    """What `service.api.uploads` needs of a runtime, for this process's folders (the
+    monitor too: rows appended to a dataset are actuals of the models that read it)."""
+    return _local_runtime(registry, data_dir, warn_missing=False)
 
 
 @datasets_app.command("put")

@@ -338,6 +338,82 @@ class Client:
         """Roles, versions, series count and time range of one dataset."""
         return self._json("GET", f"/v1/datasets/{name}")
 
+    # ------------------------------------------------------------------ monitoring
+    def send_actuals(self, name: str, data: Table | Path) -> dict[str, Any]:
+        """Actuals of a model (a long table with its column names, sktime-style data, or a
+        CSV/JSON/Parquet file): joined to every recorded forecast and scored. Returns the
+        report: ``rows``, ``matched``, ``unmatched``, ``anomalies`` and the ``drift`` policy's
+        state (with the retrain job a breach triggered, under ``action: retrain``)."""
+        if isinstance(data, Path):
+            content, kind = _table_file(data)
+        else:
+            schema = self.schema(name) if _needs_schema(data) else {}
+            content, kind = _parquet(_long_frame(data, schema, "targets")), PARQUET
+        return self._json("POST", f"/v1/models/{name}/actuals", content=content, headers={"Content-Type": kind})
+
+    def monitoring(
+        self,
+        name: str,
+        version: int | None = None,
+        series: Sequence[SeriesKey] | None = None,
+        since: Any = None,
+        window: int | None = None,
+    ) -> dict[str, Any]:
+        """Live accuracy per version over the rolling window (overall, per step, per series),
+        what each version's backtest promised, live / promised, and the drift policy's state."""
+        query = {
+            "version": operator.index(version) if version is not None else None,
+            "series": self._series_query(name, series),
+            "since": format_time(since) if since is not None else None,
+            "window": operator.index(window) if window is not None else None,
+        }
+        return self._json("GET", f"/v1/models/{name}/monitoring", params=_params(query))
+
+    def anomalies(
+        self,
+        name: str,
+        since: Any = None,
+        series: Sequence[SeriesKey] | None = None,
+        coverage: float | None = None,
+        time_as: TimeAs = "period",
+    ) -> pd.DataFrame:
+        """Actuals outside the interval of the forecast served for them, one row each: the
+        model's key columns, its time column (periods; ``time_as`` as in `predict`), actual,
+        forecast, lower, upper, side, score, level, version, cutoff, step, kind. ``attrs``
+        carry ``model``, ``coverage``, ``since``, ``scored`` and ``count``."""
+        query = {
+            "since": format_time(since) if since is not None else None,
+            "series": self._series_query(name, series),
+            "coverage": float(coverage) if coverage is not None else None,
+        }
+        doc = self._json("GET", f"/v1/models/{name}/anomalies", params=_params(query))
+        try:
+            schema: Mapping[str, Any] | None = self.schema(name)
+        except ForecastServiceError as exc:  # a model without a version: nothing to name the columns by
+            if exc.status != 404:
+                raise
+            schema = None
+        frame = _anomaly_frame(doc["anomalies"], schema, time_as)
+        frame.attrs.update({k: doc.get(k) for k in ("model", "coverage", "since", "scored", "count")})
+        return frame
+
+    def _series_query(self, name: str, series: Sequence[SeriesKey] | None) -> list[str] | None:
+        """Series for a query string: key values joined by '/', top level first."""
+        if series is None:
+            return None
+        keys: list[str] = []
+        if any(isinstance(s, Mapping) for s in series):
+            keys = list(self.schema(name)["keys"])
+        out = []
+        for key in series:
+            if isinstance(key, str):
+                out.append(key)
+            elif isinstance(key, Mapping):
+                out.append("/".join(str(key[k]) for k in keys if k in key))
+            else:
+                out.append("/".join(str(v) for v in key))
+        return out
+
     # ------------------------------------------------------------------ jobs
     def backtest(
         self,
@@ -585,6 +661,45 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pydict(frame_to_wire(frame)), buffer)
     return buffer.getvalue()
+
+
+ANOMALY_COLUMNS = (
+    "actual",
+    "forecast",
+    "lower",
+    "upper",
+    "side",
+    "score",
+    "level",
+    "version",
+    "cutoff",
+    "step",
+    "kind",
+)
+
+
+def _anomaly_frame(
+    rows: Sequence[Mapping[str, Any]], schema: Mapping[str, Any] | None, time_as: TimeAs
+) -> pd.DataFrame:
+    """Anomalies as a table: ``series`` expanded into the key columns, ``time`` named by the
+    model's time column; times (and cutoffs) as periods unless ``time_as="wire"``."""
+    if schema is None:
+        return pd.DataFrame(list(rows))
+    keys, column, freq = list(schema.get("keys") or ()), str(schema["time"]), schema.get("freq")
+    extra = ["target"] if any("target" in r for r in rows) else []
+    columns = [*keys, *extra, column, *ANOMALY_COLUMNS]
+    records = [
+        {**dict(zip(keys, r["series"], strict=True)), column: r["time"], **{k: v for k, v in r.items() if k != "time"}}
+        for r in rows
+    ]
+    frame = pd.DataFrame(records, columns=columns)
+    if time_as != "wire" and len(frame):
+        for name in (column, "cutoff"):
+            times = parse_times(frame[name].tolist(), freq, name)
+            if time_as == "timestamp" and isinstance(times, pd.PeriodIndex):
+                times = times.to_timestamp()
+            frame[name] = times
+    return frame
 
 
 def _series_key(key: SeriesKey) -> Any:

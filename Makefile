@@ -36,11 +36,12 @@ install-dev: $(VENV)/.installed-dev
 run: $(VENV)/.installed
 	$(BIN)/forecast-service serve --train-missing
 
-## lint and type-check, then the whole test suite
+## lint and type-check, then the whole test suite on TEST_WORKERS pytest-xdist workers (0: in one process)
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy service
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=25
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check service tests bench

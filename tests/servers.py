@@ -102,7 +102,9 @@ class ServerProcess:
         The port to listen on; a free one by default.
     data_dir
         ``FORECAST_DATA_DIR`` (job store, datasets): a server restarted on it, or a second
-        replica, shares its jobs.
+        replica, shares its jobs. By default (none given here or in the environment) the
+        ``data`` folder beside ``log_path``, never the checkout's ``./data``, which the servers
+        of every test (and of every pytest-xdist worker) would share.
     clean_env
         Drop the ``FORECAST_*`` variables of the test run's own environment.
     new_session
@@ -142,6 +144,8 @@ class ServerProcess:
         self.args = [*command, "serve", "--registry", str(registry), "--host", HOST, "--port", str(self.port)]
         self.args.extend(extra_args)
         outer = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("FORECAST_"))}
+        if data_dir is None and "FORECAST_DATA_DIR" not in {**outer, **env}:
+            data_dir = log_path.parent / "data"
         data = {"FORECAST_DATA_DIR": str(data_dir)} if data_dir is not None else {}
         self.env = {**outer, **SERVER_ENV, **data, **env}
         self.new_session = new_session

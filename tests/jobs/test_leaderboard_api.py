@@ -281,12 +281,16 @@ def test_leaderboard_of_unknown_model_is_404(api: TestClient) -> None:
 
 
 def test_cli_leaderboard_runs_offline_and_publishes_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
     from typer.testing import CliRunner
 
+    from service import cli
     from service.cli import app
 
     monkeypatch.setenv("FORECAST_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("COLUMNS", "200")
+    # a console 200 wide, not COLUMNS: rich reads COLUMNS once, when service.cli makes its console, and an
+    # xdist worker inherits COLUMNS=80 (pytest imports readline, which exports it): the table would fold
+    monkeypatch.setattr(cli, "console", Console(width=200))
     root = tmp_path / "models"
     write_model(root, panel())
     candidates = tmp_path / "candidates.yaml"

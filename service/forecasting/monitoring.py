@@ -211,7 +211,7 @@ def unmatched(
     keys = list(schema.keys)
     rows = upload[[*keys, TICK]].drop_duplicates()
     covered = forecasts[[*keys, TICK]].drop_duplicates()
-    hit = rows.merge(covered.assign(_hit=True), on=[*keys, TICK], how="left")["_hit"].fillna(False).to_numpy(bool)
+    hit = (rows.merge(covered, on=[*keys, TICK], how="left", indicator=True)["_merge"] == "both").to_numpy(bool)
     if keys:
         ids = list(rows[keys].astype(str).itertuples(index=False, name=None))
         unknown = np.array([tuple(i) not in known_series for i in ids], dtype=bool)

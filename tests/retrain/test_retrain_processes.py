@@ -195,20 +195,20 @@ def test_specs_parsed_in_parallel_by_a_fresh_process(tmp_path: Path) -> None:
 
 def schedule_spec() -> dict[str, Any]:
     return {
-        "description": "naive airline retrained every 5 seconds",
+        "description": "naive airline retrained every 2 seconds",
         "data": {"source": {"builtin": "airline"}, "time": "month", "targets": ["passengers"]},
         "freq": "M",
         "horizon": 12,
         "forecaster": {"class": "NaiveForecaster", "params": {"strategy": "last"}},
-        "schedule": "* * * * * */5",  # croniter: six fields, seconds last
+        "schedule": "* * * * * */2",  # croniter: six fields, seconds last
         "promotion": {"policy": "always"},
     }
 
 
 def test_two_replicas_trigger_each_schedule_slot_once(start_server: ServerFactory, tmp_path: Path) -> None:
     registry = tmp_path / "models"
-    (registry / "every5s").mkdir(parents=True)
-    (registry / "every5s" / "model.yaml").write_text(yaml.safe_dump(schedule_spec()))
+    (registry / "every2s").mkdir(parents=True)
+    (registry / "every2s" / "model.yaml").write_text(yaml.safe_dump(schedule_spec()))
     data = tmp_path / "data"
     env = {"FORECAST_SCHEDULE_POLL_SECONDS": "1"}
     replicas = [start_server(registry, data, **env), start_server(registry, data, **env)]
@@ -216,17 +216,18 @@ def test_two_replicas_trigger_each_schedule_slot_once(start_server: ServerFactor
         replica.wait_ready()
 
     def slot_jobs(http: httpx.Client) -> list[dict[str, Any]]:
-        jobs = http.get("/v1/jobs", params={"model": "every5s", "kind": "retrain", "limit": 1000}).json()["jobs"]
+        jobs = http.get("/v1/jobs", params={"model": "every2s", "kind": "retrain", "limit": 1000}).json()["jobs"]
         return [j for j in jobs if j["params"].get("trigger") == "schedule"]
 
     with replicas[0].client() as one, replicas[1].client() as two:
         observed_from = time.monotonic()
         deadline = observed_from + 90
         jobs = slot_jobs(one)
-        # ~15 s at least, and until two slots made jobs and one of them finished; a retrain
-        # that is still running absorbs the slots that fall inside it (one active retrain per model)
+        # ~8 s at least (4 slots of */2; it was 15 s of */5 slots: 3), and until two slots made
+        # jobs and one of them finished; a retrain that is still running absorbs the slots that
+        # fall inside it (one active retrain per model)
         while time.monotonic() < deadline and (
-            time.monotonic() - observed_from < 15 or len(jobs) < 2 or not any(j["status"] == "succeeded" for j in jobs)
+            time.monotonic() - observed_from < 8 or len(jobs) < 2 or not any(j["status"] == "succeeded" for j in jobs)
         ):
             time.sleep(0.5)
             jobs = slot_jobs(one)
@@ -237,7 +238,7 @@ def test_two_replicas_trigger_each_schedule_slot_once(start_server: ServerFactor
 
     store = JobStore(f"sqlite:///{data / 'jobs.sqlite'}")
     try:
-        jobs = [j.public() for j in store.list(model="every5s", kind="retrain", limit=1000)]
+        jobs = [j.public() for j in store.list(model="every2s", kind="retrain", limit=1000)]
     finally:
         store.dispose()
     assert jobs and all(j["params"]["trigger"] == "schedule" for j in jobs)
@@ -246,10 +247,10 @@ def test_two_replicas_trigger_each_schedule_slot_once(start_server: ServerFactor
     assert len(slots) >= 2, jobs
     assert all(count == 1 for count in slots.values()), slots
     for slot in slots:
-        assert slot.endswith("+00:00") and int(slot[17:19]) % 5 == 0, slot  # a */5 second slot, UTC
+        assert slot.endswith("+00:00") and int(slot[17:19]) % 2 == 0, slot  # a */2 second slot, UTC
     succeeded = [j for j in jobs if j["status"] == "succeeded"]
     assert succeeded, jobs
-    versions = Registry(registry).list_versions("every5s")
+    versions = Registry(registry).list_versions("every2s")
     assert len(versions) >= len(succeeded)
-    made_by = {Registry(registry).read_manifest("every5s", v)["job_id"] for v in versions}
+    made_by = {Registry(registry).read_manifest("every2s", v)["job_id"] for v in versions}
     assert {j["id"] for j in succeeded} <= made_by

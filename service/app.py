@@ -23,6 +23,7 @@ from service.api.routes import (
     forecasters,
     health,
     jobs,
+    kserve,
     leaderboards,
     models,
     monitoring,
@@ -183,4 +184,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(forecasters.router)
+    app.include_router(kserve.router)
     return app

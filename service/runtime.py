@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from service.datasets.store import DatasetStore
-from service.errors import AliasNotFound, ModelNotFound, NotReady, VersionLoadError
-from service.forecasting.served import Limits
+from service.errors import AliasNotFound, ModelNotFound, NotReady, ServiceError, VersionLoadError
+from service.forecasting.served import Answer, Limits, PredictQuery, ServedVersion
 from service.forecasting.shards import ShardCache
 from service.jobs.context import WorkerContext
 from service.jobs.executors.local import LocalProcessExecutor
@@ -28,6 +28,8 @@ from service.security import KeyRing
 from service.serving.cache import ModelCache
 from service.serving.responses import ResponseCache
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -210,6 +212,43 @@ class Runtime:
         await self.settled(job)
         return job
 
+    async def answer(self, served: ServedVersion, query: PredictQuery) -> Answer:
+        """A domain query answered as the predict route answers one: from the precomputed table
+        when it covers the query, else live on a worker thread (bounded by the live-predict
+        timeout), counted, and monitored like a predict (`monitor_answer`). For the protocol
+        adapters, which must give the same numbers by the same path."""
+        self.metrics.predictions.labels(served.name, str(served.version)).inc()
+        answer = None if query.needs_live else served.try_fast(query, self.limits)
+        if answer is None:
+            timeout = self.settings.live_predict_timeout
+            answer = await self.run_blocking(served.answer, query, self.limits, timeout=timeout)
+        self.metrics.fast_path.labels(served.name, "fast" if answer.fast else "live").inc()
+        if not answer.fast:
+            await self.run_blocking(self.monitor_answer, served, answer, query, False, query.coverage, query.quantiles)
+        return answer
+
+    def monitor_answer(
+        self,
+        served: ServedVersion,
+        answer: Answer,
+        query: PredictQuery | None,
+        record: bool,
+        coverage: Any,
+        quantiles: Any,
+    ) -> None:
+        """A live answer goes into the monitoring record when asked (``record``, the spec's
+        ``record_live``); its observations are actuals when the spec says so. Blocking."""
+        policy = self.monitor.policy(served.name)
+        if record or policy.record_live:
+            self.monitor.record_live(
+                served.name, served.version, served.schema, answer.cutoff, answer.columns, coverage, quantiles
+            )
+        if query is not None and query.observations is not None and policy.observations_are_actuals:
+            try:
+                self.monitor.ingest(served.name, query.observations, source="observations")
+            except ServiceError as exc:  # the forecast stands; the actuals are logged as not taken
+                log.warning("observations of %s not taken as actuals: %s", served.name, exc.detail)
+
     async def run_blocking(self, func: Any, *args: Any, timeout: float | None = None) -> Any:
         """Run CPU work (sktime, matplotlib) on the worker threads, never on the event loop."""
         loop = asyncio.get_running_loop()
@@ -232,7 +271,7 @@ def make_executor(settings: Settings) -> JobExecutor:
         from service.jobs.executors.dask import DaskExecutor  # needs the scale extra: only when asked for
 
         if settings.resolved_jobs_url.startswith("sqlite"):
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "FORECAST_DASK_SCHEDULER is set with a SQLite job store: workers on other hosts cannot "
                 "reach it; set FORECAST_JOBS_URL to a Postgres URL"
             )

@@ -63,7 +63,7 @@ class BodyLimits:
                 except ValueError:
                     declared = 0
                 if declared > max_bytes:
-                    await self._refuse(send, BodyTooLarge(max_bytes, setting))
+                    await self._refuse(send, BodyTooLarge(max_bytes, setting), scope.get("path", ""))
                     return
         received = 0
         body_complete = started = False
@@ -95,11 +95,12 @@ class BodyLimits:
             await self.app(scope, guarded_receive, tracking_send)
         except (BodyTooLarge, BodyTimedOut) as exc:
             if not started:
-                await self._refuse(send, exc)
+                await self._refuse(send, exc, scope.get("path", ""))
 
     @staticmethod
-    async def _refuse(send: Send, exc: BodyTooLarge | BodyTimedOut) -> None:
+    async def _refuse(send: Send, exc: BodyTooLarge | BodyTimedOut, path: str) -> None:
         if isinstance(exc, BodyTooLarge):
-            await send_problem(send, 413, "Payload too large", str(exc.detail), limit=exc.max_bytes)
+            await send_problem(send, 413, "Payload too large", str(exc.detail), path=path, limit=exc.max_bytes)
         else:
-            await send_problem(send, 408, "Request timeout", str(exc.detail), headers=((b"connection", b"close"),))
+            close = ((b"connection", b"close"),)
+            await send_problem(send, 408, "Request timeout", str(exc.detail), headers=close, path=path)

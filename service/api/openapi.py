@@ -25,6 +25,7 @@ from service.api.problems import (
     PROBLEM_SCHEMA,
     iter_routes,
     problem_response,
+    protocol_error_schema,
 )
 
 OPERATION_IDS: dict[str, str] = {
@@ -112,10 +113,15 @@ def document_problems(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             if content and PROBLEM_JSON not in content:  # a declared non-problem answer (readyz' 503)
                 kept[str(code)] = responses[str(code)]
         wanted = problem_statuses(path, operation, admin=_is_admin(route))
+        protocol = protocol_error_schema(path)
         for code in sorted(wanted | set(declared)):
+            description = declared[code].get("description") if code in declared else None
+            if protocol is not None:  # a protocol adapter answers every error in its own form
+                text = description or PROBLEM_DESCRIPTIONS.get(code, "Error")
+                kept[str(code)] = {"description": text, "content": {"application/json": {"schema": protocol}}}
+                continue
             if str(code) in kept:
                 continue
-            description = declared[code].get("description") if code in declared else None
             if code not in PROBLEM_DESCRIPTIONS and not description:
                 description = "Problem"
             kept[str(code)] = problem_response(code, description)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import fastapi.routing
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service import errors
+from service.api.protocols import kserve
 from service.tables import encode_json
 
 log = logging.getLogger(__name__)
@@ -146,10 +148,47 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     )
 
 
+ProtocolError = Callable[[int, str, str, "dict[str, str] | None", dict[str, Any]], Response]
+PROTOCOL_ERRORS: list[tuple[str, ProtocolError, str]] = [(kserve.PREFIX, kserve.error_response, "ErrorResponse")]
+"""Paths whose protocol has an error form of its own: (path prefix, renderer, the OpenAPI
+component of its body). Everything else answers RFC 9457 problem+json."""
+
+
+def protocol_error_schema(path: str) -> dict[str, str] | None:
+    """The OpenAPI schema of an error answer on ``path`` when a protocol owns it."""
+    for prefix, _, component in PROTOCOL_ERRORS:
+        if path.startswith(prefix.rstrip("/")):
+            return {"$ref": f"#/components/schemas/{component}"}
+    return None
+
+
+def respond(
+    path: str, status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    """An error answer in the form of the protocol that owns ``path``."""
+    for prefix, render, _ in PROTOCOL_ERRORS:
+        if path.startswith(prefix):
+            return render(status, title, detail, headers, extra)
+    return problem(status, title, detail, headers=headers, **extra)
+
+
 async def send_problem(
-    send: Any, status: int, title: str, detail: str, headers: tuple[tuple[bytes, bytes], ...] = (), **extra: Any
+    send: Any,
+    status: int,
+    title: str,
+    detail: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    path: str = "",
+    **extra: Any,
 ) -> None:
-    """A problem answer from pure ASGI middleware (before or without FastAPI)."""
+    """A problem answer from pure ASGI middleware (before or without FastAPI), in the form of
+    the protocol that owns ``path``."""
+    for prefix, render, _ in PROTOCOL_ERRORS:
+        if path.startswith(prefix):
+            answer = render(status, title, detail, {k.decode(): v.decode() for k, v in headers}, extra)
+            await send({"type": "http.response.start", "status": status, "headers": answer.raw_headers})
+            await send({"type": "http.response.body", "body": answer.body})
+            return
     body = problem_body(status, title, detail, **extra)
     await send(
         {
@@ -165,7 +204,7 @@ async def send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _service_error(_: Request, exc: Exception) -> Response:
+async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.ServiceError)
     status = status_for(exc)
     if status >= 500:
@@ -175,7 +214,7 @@ async def _service_error(_: Request, exc: Exception) -> Response:
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="forecast-service"'}
     extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "headers")}
-    return problem(status, exc.title, exc.detail, headers=headers, **extra)
+    return respond(request.url.path, status, exc.title, exc.detail, headers=headers, **extra)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -192,7 +231,8 @@ def _not_json(request: Request, exc: RequestValidationError) -> Response | None:
             position = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), None)
             reason = (err.get("ctx") or {}).get("error") or err.get("msg", "JSON decode error")
             where = f" at character {position}" if position is not None else ""
-            return problem(
+            return respond(
+                request.url.path,
                 400,
                 "Malformed JSON",
                 f"the request body is not valid JSON ({reason}{where}): send one JSON object",
@@ -200,7 +240,8 @@ def _not_json(request: Request, exc: RequestValidationError) -> Response | None:
             )
     if isinstance(exc.body, bytes | bytearray) and exc.body:
         sent = request.headers.get("content-type") or "none"
-        return problem(
+        return respond(
+            request.url.path,
             400,
             "Unsupported body",
             f"this operation takes a JSON body: send it with Content-Type: application/json (got {sent[:100]})",
@@ -218,7 +259,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         {"field": _location(tuple(err.get("loc", ()))), "message": err.get("msg", "invalid")} for err in exc.errors()
     ]
     detail = "; ".join(f"{i['field']}: {i['message']}" for i in issues[:10])
-    return problem(422, "Invalid request", detail, field=issues[0]["field"] if issues else None, errors=issues)
+    return respond(
+        request.url.path, 422, "Invalid request", detail, field=issues[0]["field"] if issues else None, errors=issues
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -234,14 +277,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = str(exc.detail)
     if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's, for a JSON body
         detail = "the request body cannot be read as JSON (it is not UTF-8 text): send one UTF-8 JSON object"
-        return problem(400, "Malformed JSON", detail, field="body")
+        return respond(request.url.path, 400, "Malformed JSON", detail, field="body")
     if exc.status_code == 405:
         # Starlette names only the first route that matched the path; list every method
         allowed = _allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
         detail = f"{request.method[:16]} is not allowed on this path; use {' or '.join(allowed)}"
-        return problem(405, titles[405], detail, headers=headers, allowed=allowed)
-    return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), detail, headers=headers or None)
+        return respond(request.url.path, 405, titles[405], detail, headers=headers, allowed=allowed)
+    return respond(
+        request.url.path, exc.status_code, titles.get(exc.status_code, "HTTP error"), detail, headers=headers or None
+    )
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -289,7 +334,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("%s: %s", translated.title, exc)
         return await _service_error(request, translated)
     log.exception("unhandled error", exc_info=exc)
-    return problem(500, "Internal error", "the server failed; the error is logged with this request's id")
+    return respond(
+        request.url.path, 500, "Internal error", "the server failed; the error is logged with this request's id"
+    )
 
 
 def install(app: FastAPI) -> None:

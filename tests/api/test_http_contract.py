@@ -45,7 +45,11 @@ OPERATION_IDS = {
     ("POST", "/v1/datasets/{name}/observations"): "appendObservations",
     ("GET", "/v1/forecasters"): "listForecasters",
     ("GET", "/v1/forecasters/{name}"): "getForecaster",
+    ("POST", "/v1/timeseries/forecast"): "kserveForecast",
+    ("GET", "/v1/timeseries/models"): "kserveModels",
 }
+PROTOCOL_ERRORS = {"/v1/timeseries/": {"$ref": "#/components/schemas/ErrorResponse"}}
+"""Paths of a protocol adapter, whose errors answer in that protocol's form."""
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -73,7 +77,13 @@ def test_every_problem_answer_is_documented_as_problem_json_with_the_shared_sche
             if (method, path, code) == ("GET", "/readyz", 503):
                 assert "application/json" in response["content"]  # a readiness report, not a problem
                 continue
-            assert response["content"] == {"application/problem+json": {"schema": PROBLEM_REF}}, (where, code)
+            protocol = next((ref for prefix, ref in PROTOCOL_ERRORS.items() if path.startswith(prefix)), None)
+            form = (
+                {"application/json": {"schema": protocol}}
+                if protocol
+                else {"application/problem+json": {"schema": PROBLEM_REF}}
+            )
+            assert response["content"] == form, (where, code)
             assert response["description"], (where, code)
         secured = bool(op.get("security"))
         assert (401 in errors) == (secured or path == "/metrics"), where

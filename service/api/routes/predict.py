@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -13,15 +12,12 @@ from starlette.responses import Response
 
 from service.api.deps import ReadAccess, RuntimeDep
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
-from service.errors import ServiceError
 from service.forecasting import plots
 from service.forecasting.served import Answer, Limits, PredictQuery, ServedVersion
 from service.runtime import Runtime
 from service.schemas.predict import PredictRequest, PredictResponse, normalize_series, parse_body
 from service.serving.fastlane import ARROW, CSV, answer_headers, encode_forecast, negotiate
 from service.serving.responses import CachedAnswer
-
-log = logging.getLogger(__name__)
 
 OBSERVATIONS_HEADER = "X-Observations-Mode"
 """How a forecast with ``observations`` took them: ``state`` (fixed parameters, new data) or
@@ -112,7 +108,9 @@ async def predict(name: Annotated[str, Path(examples=["airline"])], body: Predic
     answer, query = await _answer(runtime, served, body, len(await request.body()))
     runtime.metrics.fast_path.labels(name, "fast" if answer.fast else "live").inc()
     if body.record or not answer.fast:
-        await runtime.run_blocking(_monitor, runtime, served, body, answer, query)
+        await runtime.run_blocking(
+            runtime.monitor_answer, served, answer, query, body.record, body.coverage, body.quantiles
+        )
     payload, cutoff = encode_forecast(name, served, answer, media)
     headers = answer_headers(served, cutoff)
     if answer.observations_mode:
@@ -152,23 +150,6 @@ def _convert_and_answer(
 ) -> tuple[Answer, PredictQuery]:
     query = body.to_query(served.schema.keys, max_columns)
     return served.answer(query, limits), query
-
-
-def _monitor(
-    runtime: Runtime, served: ServedVersion, body: PredictRequest, answer: Answer, query: PredictQuery | None
-) -> None:
-    """A live answer goes into the monitoring record when asked (``record``, the spec's
-    ``record_live``); its observations are actuals when the spec says so."""
-    policy = runtime.monitor.policy(served.name)
-    if body.record or policy.record_live:
-        runtime.monitor.record_live(
-            served.name, served.version, served.schema, answer.cutoff, answer.columns, body.coverage, body.quantiles
-        )
-    if query is not None and query.observations is not None and policy.observations_are_actuals:
-        try:
-            runtime.monitor.ingest(served.name, query.observations, source="observations")
-        except ServiceError as exc:  # the forecast stands; the actuals are logged as not taken
-            log.warning("observations of %s not taken as actuals: %s", served.name, exc.detail)
 
 
 @router.get(

@@ -25,6 +25,7 @@ from service.api.routes import (
     jobs,
     kserve,
     leaderboards,
+    mlflow,
     models,
     monitoring,
     predict,
@@ -185,4 +186,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(forecasters.router)
     app.include_router(kserve.router)
+    app.include_router(mlflow.router)
     return app

@@ -685,6 +685,33 @@ def promote(
     typer.echo(f"{name}: {alias} -> v{version}  ({json.dumps(aliases)})")
 
 
+# ---------------------------------------------------------------------- export
+@app.command()
+def export(
+    name: str,
+    target: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder for the MLflow model")],
+    version: Annotated[int | None, typer.Option(help="Version number (default: the alias)")] = None,
+    alias: Annotated[str, typer.Option(help="Alias to export when no --version is given")] = "production",
+    registry: RegistryOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON")] = False,
+) -> None:
+    """Write a version as an MLflow model (sktime's mlflow flavour): `mlflow models serve -m DIR`
+    then serves its forecast."""
+    from service.forecasting.mlflow_export import export_mlflow
+
+    reg = _registry(registry)
+    try:
+        chosen = reg.resolve(name, version, None if version is not None else alias)
+        written = export_mlflow(reg, name, chosen, target)
+    except ServiceError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(written)
+        return
+    methods = ", ".join(written["predict_method"])
+    typer.echo(f"{name} v{chosen} -> {target} (MLflow model, sktime flavour; pyfunc predicts: {methods})")
+
+
 # ---------------------------------------------------------------------- predict
 @app.command()
 def predict(

@@ -59,6 +59,7 @@ DEFERRED: dict[tuple[str, str], str] = {
             "service.datasets.store",
             "service.documents",
             "service.forecasting.backtest",
+            "service.forecasting.mlflow_export",
             "service.forecasting.publishing",
             "service.forecasting.served",
             "service.forecasting.shards",

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service import errors
-from service.api.protocols import kserve
+from service.api.protocols import kserve, mlflow
 from service.tables import encode_json
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,10 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
 
 
 ProtocolError = Callable[[int, str, str, "dict[str, str] | None", dict[str, Any]], Response]
-PROTOCOL_ERRORS: list[tuple[str, ProtocolError, str]] = [(kserve.PREFIX, kserve.error_response, "ErrorResponse")]
+PROTOCOL_ERRORS: list[tuple[str, ProtocolError, str]] = [
+    (kserve.PREFIX, kserve.error_response, "ErrorResponse"),
+    (mlflow.PREFIX, mlflow.error_response, "ScoringError"),
+]
 """Paths whose protocol has an error form of its own: (path prefix, renderer, the OpenAPI
 component of its body). Everything else answers RFC 9457 problem+json."""
 

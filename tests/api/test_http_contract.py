@@ -47,8 +47,14 @@ OPERATION_IDS = {
     ("GET", "/v1/forecasters/{name}"): "getForecaster",
     ("POST", "/v1/timeseries/forecast"): "kserveForecast",
     ("GET", "/v1/timeseries/models"): "kserveModels",
+    ("POST", "/mlflow/{name}/invocations"): "mlflowInvocations",
+    ("GET", "/mlflow/{name}/ping"): "mlflowPing",
+    ("GET", "/mlflow/{name}/version"): "mlflowVersion",
 }
-PROTOCOL_ERRORS = {"/v1/timeseries/": {"$ref": "#/components/schemas/ErrorResponse"}}
+PROTOCOL_ERRORS = {
+    "/v1/timeseries/": {"$ref": "#/components/schemas/ErrorResponse"},
+    "/mlflow/": {"$ref": "#/components/schemas/ScoringError"},
+}
 """Paths of a protocol adapter, whose errors answer in that protocol's form."""
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 

@@ -48,6 +48,9 @@ DOMAIN_VALIDATED = [
     ("PUT", "/v1/models/{name}"),
     ("PUT", "/v1/datasets/{name}"),
     ("POST", "/v1/datasets/{name}/observations"),
+    # the protocol adapters: a model, series or frame the version cannot take is a 4xx
+    ("POST", "/v1/timeseries/forecast"),
+    ("POST", "/mlflow/{name}/invocations"),
 ]
 ACCEPTED = [200, 201, 202, 401, 403, 404, 409, 422]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import PlainTextResponse
 from starlette.responses import Response
 
 from service import __version__
@@ -41,13 +42,17 @@ async def mlflow_invocations(
     return Response(mlflow.predictions(served, query, answer), media_type="application/json")
 
 
-@router.get("/ping", summary="MLflow health: 200 when the version is loaded")
+@router.get("/ping", summary="MLflow health: 200 when the version is loaded", response_class=PlainTextResponse)
 async def mlflow_ping(name: Name, request: Request, version: Version = None, alias: Alias = None) -> Response:
     runtime: Runtime = request.app.state.runtime
     await runtime.served(name, version, alias)
-    return Response("\n", media_type="application/json")
+    return PlainTextResponse("\n")
 
 
-@router.get("/version", summary="The server's version (as MLflow's scoring server answers its own)")
+@router.get(
+    "/version",
+    summary="The server's version (as MLflow's scoring server answers its own)",
+    response_class=PlainTextResponse,
+)
 async def mlflow_version(name: Name) -> Response:
-    return Response(__version__, media_type="text/plain")
+    return PlainTextResponse(__version__)

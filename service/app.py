@@ -20,6 +20,7 @@ from service.api.limits import BodyLimits
 from service.api.routes import (
     backtests,
     datasets,
+    exports,
     forecasters,
     health,
     jobs,
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(leaderboards.router)
     app.include_router(monitoring.router)
     app.include_router(jobs.router)
+    app.include_router(exports.router)
     app.include_router(datasets.router)
     app.include_router(forecasters.router)
     app.include_router(kserve.router)

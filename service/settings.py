@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=True, description="Structured JSON log lines (false: plain text)")
     access_log: bool = Field(default=True, description="One JSON log line per request")
     data_dir: Path = Field(default=Path("data"), description="Folder for datasets, job files and the SQLite job store")
+    export_dir: Path | None = Field(
+        default=None,
+        description="Folder batch exports are written to (<export_dir>/<model>/...); default: the export job's "
+        "folder under the data dir, removed with the job. Must be shared with Dask workers",
+    )
     jobs_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the job store; default sqlite:///<data_dir>/jobs.sqlite"
     )

@@ -1235,3 +1235,42 @@ def _check_decoded(size: int, what: str, limit: int) -> None:
             field=what,
             maximum=limit,
         )
+
+
+class TableFileWriter:
+    """A long forecast table written chunk by chunk to Parquet (times as period-start
+    timestamps, as the registry stores them) or CSV (times as the wire spells them)."""
+
+    def __init__(self, path: Path, fmt: str, schema: Schema) -> None:
+        self.path, self.fmt, self.schema = Path(path), fmt, schema
+        self.rows = 0
+        self._parquet: pq.ParquetWriter | None = None
+        self._csv: io.TextIOWrapper | None = None
+
+    def write(self, table: pd.DataFrame) -> None:
+        if self.fmt == "parquet":
+            stored = table.copy()
+            if isinstance(stored[self.schema.time].dtype, pd.PeriodDtype):
+                stored[self.schema.time] = pd.PeriodIndex(stored[self.schema.time]).start_time
+            arrow = pa.Table.from_pandas(stored, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, arrow.schema)
+            self._parquet.write_table(arrow.cast(self._parquet.schema))
+        else:
+            first = self._csv is None
+            if self._csv is None:
+                self._csv = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+            frame = pd.DataFrame(wire_columns(table, self.schema))
+            frame.to_csv(self._csv, index=False, header=first, lineterminator="\n")
+        self.rows += len(table)
+
+    def close(self) -> None:
+        """Finish the file (an empty table still gets one: a header, or a Parquet footer)."""
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self._csv is not None:
+            self._csv.close()
+        elif self.fmt == "csv":
+            self.path.write_text(",".join(self.schema.columns) + "\n", encoding="utf-8")
+        else:
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.schema.columns}), self.path)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-KINDS = ("backtest", "leaderboard", "retrain")
+KINDS = ("backtest", "export", "leaderboard", "retrain")
 
 metadata = sa.MetaData()
 jobs_table = sa.Table(

@@ -19,6 +19,7 @@ from service.forecasting.leaderboard import LeaderboardRequest, check_request
 from service.forecasting.served import ServedVersion
 from service.forecasting.specs import read_spec
 from service.forecasting.training import spec_forecaster
+from service.jobs.retention import job_dir
 from service.jobs.retrain import RetrainParams, check_gate_metric, load_training_data, model_spec
 from service.jobs.store import Job, JobStore
 from service.registry.store import Registry
@@ -185,3 +186,54 @@ def _series_keys(y: pd.DataFrame) -> list[tuple[str, ...]]:
     if y.index.nlevels == 1:
         return [()]
     return [tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))) for k in y.index.droplevel(-1).unique()]
+
+
+EXPORT_FORMATS = {"parquet": ".parquet", "csv": ".csv"}
+
+
+def submit_export(
+    jobs: JobStore,
+    served: ServedVersion,
+    horizon: int | None,
+    coverage: tuple[float, ...],
+    quantiles: tuple[float, ...],
+    fmt: str,
+    target_dir: str | None,
+    submitter: str | None = None,
+    max_active: int | None = None,
+    max_horizon: int = 500,
+) -> Job:
+    """Check what the version can forecast (422 before any job is stored), then queue an export."""
+    schema = served.schema
+    if schema.exogenous:
+        raise InvalidInput(
+            f"{served.name} needs future values of {list(schema.exogenous)}: a batch export cannot supply them; "
+            "use POST /v1/models/{name}/predict with 'exogenous'".replace("{name}", served.name),
+            field="model",
+        )
+    steps = int(horizon or served.manifest["horizon"])
+    if steps > max_horizon:
+        raise InvalidInput(f"'horizon' is {steps}; the maximum is {max_horizon}", field="horizon")
+    for wanted, capability in ((coverage, "pred_int"), (quantiles, "quantiles")):
+        ability = served.capabilities.get(capability) or {}
+        if wanted and not ability.get("available", False):
+            field = "coverage" if capability == "pred_int" else "quantiles"
+            raise InvalidInput(f"{served.name} cannot give {field}: {ability.get('reason')}", field=field)
+    params = {
+        "version": served.version,
+        "horizon": steps,
+        "coverage": list(coverage),
+        "quantiles": list(quantiles),
+        "format": fmt,
+        "target_dir": target_dir,
+    }
+    total = len(served.series) or 1
+    job, _ = jobs.create("export", served.name, params, total=total, submitter=submitter, max_active=max_active)
+    return job
+
+
+def export_file(job: Job, data_dir: str | Path) -> Path:
+    """Where an export job writes its file: the declared export folder, or the job's own folder."""
+    name = f"{job.model}-v{job.params['version']}-{job.id}{EXPORT_FORMATS[job.params['format']]}"
+    target = job.params.get("target_dir")
+    return Path(target) / job.model / name if target else job_dir(data_dir, job.id) / name

@@ -9,8 +9,9 @@ from typing import Any
 from service.datasets.store import DatasetStore
 from service.forecasting.backtest import BacktestRequest, run_backtest, run_baseline, with_value_added
 from service.forecasting.leaderboard import LeaderboardRequest, candidate_spec, run_leaderboard
+from service.forecasting.predict import run_forecast
 from service.forecasting.progress import Progress
-from service.forecasting.shards import load_fitted
+from service.forecasting.shards import ShardCache, is_sharded, load_fitted, open_sharded, shardable, split
 from service.forecasting.specs import allow_list, write_spec
 from service.forecasting.training import spec_forecaster
 from service.jobs.context import WorkerContext
@@ -18,9 +19,9 @@ from service.jobs.monitor import Monitor
 from service.jobs.retention import job_dir
 from service.jobs.retrain import RetrainParams, load_training_data, model_spec, retrain
 from service.jobs.store import Job
-from service.jobs.submit import backtest_data
+from service.jobs.submit import backtest_data, export_file
 from service.records.store import RecordStore
-from service.tables import Schema, canonical_table, to_sktime, write_parquet
+from service.tables import Schema, TableFileWriter, canonical_table, to_sktime, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,58 @@ def run_backtest_job(job: Job, context: WorkerContext, progress: Progress) -> di
         "data": data_ref,
         "schema": schema.to_dict(),
         **result,
+    }
+
+
+EXPORT_CHUNK_SERIES = 500
+"""Series forecast and written at a time by an export (its progress steps)."""
+
+
+def run_export_job(job: Job, context: WorkerContext, progress: Progress) -> dict[str, Any]:
+    """The version's forecast for every series, a chunk of series at a time, into one file;
+    written beside its final name and renamed there when whole."""
+    registry = context.registry()
+    version = int(job.params["version"])
+    progress("loading", 0, None)
+    manifest = registry.verified_manifest(job.model, version)
+    schema = Schema.from_dict(manifest["schema"])
+    steps = list(range(1, int(job.params["horizon"]) + 1))
+    coverage, quantiles = list(job.params["coverage"]), list(job.params["quantiles"])
+    if is_sharded(manifest):
+        model = open_sharded(registry, job.model, version, manifest, ShardCache(max_bytes=0))
+        parts: Any = (model.shard(n) for n in range(len(model.files)))
+    else:
+        forecaster = registry.load(job.model, version).forecaster
+        parts = split(forecaster, EXPORT_CHUNK_SERIES) if shardable(forecaster) else [forecaster]
+    total = max(1, int((manifest.get("series") or {}).get("count") or 1))
+    target = export_file(job, context.data_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    writer = TableFileWriter(partial, job.params["format"], schema)
+    done = 0
+    try:
+        progress("series", 0, total)
+        for part in parts:
+            table = run_forecast(part, schema, steps, coverage, quantiles)
+            writer.write(table)
+            done += len(table[list(schema.keys)].drop_duplicates()) if schema.keys else 1
+            progress("series", min(done, total), total)
+        writer.close()
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {
+        "model": job.model,
+        "version": version,
+        "file": target.name,
+        "format": job.params["format"],
+        "rows": writer.rows,
+        "series": done,
+        "bytes": target.stat().st_size,
+        "horizon": len(steps),
+        "coverage": coverage,
+        "quantiles": quantiles,
+        "download": f"/v1/models/{job.model}/exports/{job.id}",
     }
 
 

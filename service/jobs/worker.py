@@ -17,7 +17,7 @@ from service.forecasting.progress import Cancelled, Progress
 from service.forecasting.sktime_internals import close_forkserver_alive_fd
 from service.jobs.context import WorkerContext
 from service.jobs.store import Job, JobStore
-from service.jobs.tasks import run_backtest_job, run_leaderboard_job, run_retrain_job
+from service.jobs.tasks import run_backtest_job, run_export_job, run_leaderboard_job, run_retrain_job
 from service.observability import quiet_sktime_warnings
 from service.processes import die_with_parent
 
@@ -53,7 +53,12 @@ def release_workers(timeout: float = 5.0) -> None:
 
 
 def handlers() -> dict[str, Callable[[Job, WorkerContext, Progress], dict[str, Any]]]:
-    return {"backtest": run_backtest_job, "leaderboard": run_leaderboard_job, "retrain": run_retrain_job}
+    return {
+        "backtest": run_backtest_job,
+        "export": run_export_job,
+        "leaderboard": run_leaderboard_job,
+        "retrain": run_retrain_job,
+    }
 
 
 def run_job(job_id: str, context: WorkerContext, *, die_with_parent: bool = True) -> None:

@@ -144,6 +144,24 @@ class LeaderboardBody(BaseModel):
         return LeaderboardRequest(candidates=candidates, backtest=backtest, rank_by=rank_by)
 
 
+class ExportBody(BaseModel):
+    """A whole panel's forecast written to a file by a job (for panels too big for one answer)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"horizon": 12, "coverage": [0.9], "quantiles": [0.1, 0.5, 0.9], "format": "parquet"}]
+        },
+    )
+
+    version: StrictInt | None = Field(default=None, ge=1)
+    alias: StrictStr | None = None
+    horizon: StrictInt | None = Field(default=None, ge=1, description="Steps ahead (default: the version's horizon)")
+    coverage: Levels = Field(default_factory=list, description="Interval coverages in (0, 1)")
+    quantiles: Levels = Field(default_factory=list, description="Quantile levels in (0, 1)")
+    format: Literal["parquet", "csv"] = "parquet"
+
+
 class JobOut(BaseModel):
     id: str
     kind: str

@@ -45,6 +45,8 @@ OPERATION_IDS = {
     ("POST", "/v1/datasets/{name}/observations"): "appendObservations",
     ("GET", "/v1/forecasters"): "listForecasters",
     ("GET", "/v1/forecasters/{name}"): "getForecaster",
+    ("POST", "/v1/models/{name}/exports"): "startExport",
+    ("GET", "/v1/models/{name}/exports/{job_id}"): "downloadExport",
     ("POST", "/v1/timeseries/forecast"): "kserveForecast",
     ("GET", "/v1/timeseries/models"): "kserveModels",
     ("POST", "/mlflow/{name}/invocations"): "mlflowInvocations",

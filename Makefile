@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-dev lint format typecheck bench clean
+.PHONY: run test install install-dev lint format typecheck bench clean ui-test
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -60,6 +60,12 @@ typecheck: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench --profile $(or $(BENCH),quick)
+
+## the dashboard in headless Chromium (Debian's chromium; playwright-python drives it, no browser download);
+## screenshots in ui-artifacts/. Needs /usr/bin/chromium: apt-get install chromium (.ci/run does)
+ui-test: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dev,ui]'
+	$(BIN)/python -m pytest -m browser tests/ui -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

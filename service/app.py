@@ -30,6 +30,7 @@ from service.api.routes import (
     models,
     monitoring,
     predict,
+    ui,
 )
 from service.api.uploads import sweep_spools
 from service.forecasting.allowlist import allowed_classes
@@ -189,4 +190,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(forecasters.router)
     app.include_router(kserve.router)
     app.include_router(mlflow.router)
+    app.include_router(ui.router)
     return app

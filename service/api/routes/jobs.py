@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[ReadAccess], 
 async def list_jobs(
     runtime: RuntimeDep,
     model: str | None = None,
-    kind: Literal["backtest", "retrain"] | None = None,
+    kind: Literal["backtest", "export", "leaderboard", "retrain"] | None = None,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Jobs per page")] = 100,
     page_token: Annotated[

@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (registry, server logs)")
     parser.add_argument(
         "--only",
-        choices=["all", "predict", "varied", "retrain", "scale", "accuracy", "monitoring"],
+        choices=["all", "predict", "varied", "retrain", "scale", "accuracy", "monitoring", "protocols"],
         default="all",
         help="which benchmarks to run (varied: predict bodies varying per request vs the floor; accuracy: "
         "competition data through the API, quick: Tourism seasonal naive, full: Tourism and M1, seasonal "
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.monitoring import run_monitoring_into
 
         run_monitoring_into(args.out, profile.name)
+    if args.only in ("all", "protocols"):
+        from bench.protocols import run_protocols_into
+
+        run_protocols_into(args.out, profile.name)
     return 0
 
 

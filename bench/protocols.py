@@ -44,14 +44,18 @@ ACTUALS = [417.0, 391.0, 419.0]
 SIZES = {"quick": {"requests": 200, "repeats": 3}, "full": {"requests": 1000, "repeats": 5}}
 
 
-def build_registry(root: Path) -> Path:
-    """The two demos' specs, trained here (a few seconds)."""
+def build_registry(root: Path, trained: Path | None = None) -> Path:
+    """The two demos' specs, trained here (a few seconds), or copied from ``trained``."""
     from service.forecasting.training import train_and_publish
     from service.observability import quiet_sktime_warnings
     from service.registry.store import Registry
 
     quiet_sktime_warnings()
     registry = root / "models"
+    if trained is not None:
+        for name in MODELS:
+            shutil.copytree(trained / name, registry / name, ignore=shutil.ignore_patterns("*.lock"))
+        return registry
     for name in MODELS:
         (registry / name).mkdir(parents=True)
         shutil.copy(REPO / "models" / name / "model.yaml", registry / name / "model.yaml")
@@ -123,8 +127,9 @@ def same_numbers(client: httpx.Client) -> dict[str, float]:
     }
 
 
-def run_protocols_benchmark(workdir: Path, requests: int, repeats: int) -> dict[str, Any]:
-    registry = build_registry(workdir)
+def run_protocols_benchmark(workdir: Path, requests: int, repeats: int, trained: Path | None = None) -> dict[str, Any]:
+    """``trained``: a registry holding the two demos trained already (tests)."""
+    registry = build_registry(workdir, trained)
     server = start_service("protocols_service", registry, workdir)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in requests_to_time()}
     try:

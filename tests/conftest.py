@@ -89,3 +89,12 @@ def client(registry_path: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(registry_path))) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with `slow` tests (real servers, subprocesses, long fits) run first: pytest-xdist
+    hands tests out in this order, and a long test handed out last leaves the other worker idle
+    while it runs. Whole modules move, so module-scoped fixtures are set up once; the order
+    within a module, and among the other modules, is kept."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
+    items.sort(key=lambda item: 0 if item.module and item.module.__name__ in slow_modules else 1)

@@ -3,14 +3,14 @@ from __future__ import annotations
 import functools
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from starlette.responses import Response
 
 from service.api.deps import CallerDep, ReadAccess, RuntimeDep
+from service.api.job_answers import WaitQuery, WaitTimeout, started_job
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.jobs.submit import submit_backtest
 from service.schemas.jobs import BacktestBody, JobOut
-from service.tables import encode_json
 
 router = APIRouter(prefix="/v1/models", tags=["backtests"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
 
@@ -27,8 +27,8 @@ async def start_backtest(
     body: BacktestBody,
     runtime: RuntimeDep,
     caller: CallerDep,
-    wait: Annotated[bool, Query(description="Block until the job finishes (bounded by `timeout`)")] = False,
-    timeout: Annotated[float, Query(ge=0, le=600, description="Seconds to wait at most with ?wait=true")] = 30.0,
+    wait: WaitQuery = False,
+    timeout: WaitTimeout = 30.0,
 ) -> Response:
     served = await runtime.served(name, body.version, body.alias)
     request = body.to_request(served.schema.keys)
@@ -44,12 +44,4 @@ async def start_backtest(
         caller,
         runtime.settings.max_active_jobs_per_key,
     )
-    if wait:
-        job = await runtime.wait_finished(job, min(timeout, runtime.settings.max_wait_seconds), interval=0.2)
-    status = 200 if job.finished else 202
-    return Response(
-        encode_json(job.public()),
-        status_code=status,
-        media_type="application/json",
-        headers={"Location": f"/v1/jobs/{job.id}"},
-    )
+    return await started_job(runtime, job, wait, timeout)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import functools
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from starlette.responses import FileResponse, Response
 
 from service.api.deps import CallerDep, ReadAccess, RuntimeDep
+from service.api.job_answers import WaitQuery, WaitTimeout, started_job
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.errors import Conflict, NotFound
 from service.jobs.submit import export_file, submit_export
 from service.schemas.jobs import ExportBody, JobOut
-from service.tables import encode_json
 
 router = APIRouter(prefix="/v1/models", tags=["exports"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
 
@@ -32,8 +32,8 @@ async def start_export(
     body: ExportBody,
     runtime: RuntimeDep,
     caller: CallerDep,
-    wait: Annotated[bool, Query(description="Block until the job finishes (bounded by `timeout`)")] = False,
-    timeout: Annotated[float, Query(ge=0, le=600, description="Seconds to wait at most with ?wait=true")] = 30.0,
+    wait: WaitQuery = False,
+    timeout: WaitTimeout = 30.0,
 ) -> Response:
     served = await runtime.served(name, body.version, body.alias)
     settings = runtime.settings
@@ -53,14 +53,7 @@ async def start_export(
         caller,
     )
     runtime.runner.wake()
-    if wait:
-        job = await runtime.wait_finished(job, min(timeout, settings.max_wait_seconds), interval=0.2)
-    return Response(
-        encode_json(job.public()),
-        status_code=200 if job.finished else 202,
-        media_type="application/json",
-        headers={"Location": f"/v1/jobs/{job.id}"},
-    )
+    return await started_job(runtime, job, wait, timeout)
 
 
 @router.get(

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from service.api.deps import CallerDep, ReadAccess, RuntimeDep
+from service.api.job_answers import WaitQuery, WaitTimeout, started_job
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.jobs.retrain import model_spec
 from service.jobs.submit import submit_leaderboard
 from service.schemas.jobs import JobOut, LeaderboardBody
-from service.tables import encode_json
 
 router = APIRouter(prefix="/v1/models", tags=["backtests"], dependencies=[ReadAccess], responses=PROBLEM_RESPONSES)
 
@@ -33,8 +33,8 @@ async def start_leaderboard(
         Literal["best"] | None,
         Query(description="best: retrain with the winner through the promotion gate (needs an admin key)"),
     ] = None,
-    wait: Annotated[bool, Query(description="Block until the job finishes (bounded by `timeout`)")] = False,
-    timeout: Annotated[float, Query(ge=0, le=600, description="Seconds to wait at most with ?wait=true")] = 30.0,
+    wait: WaitQuery = False,
+    timeout: WaitTimeout = 30.0,
 ) -> Response:
     if publish is not None:  # publishing is a write: an admin key
         runtime.keys.authorize(request.headers.get("authorization"), "admin")
@@ -59,11 +59,4 @@ async def start_leaderboard(
         name,
         leaderboard,
     )
-    if wait:
-        job = await runtime.wait_finished(job, min(timeout, settings.max_wait_seconds), interval=0.2)
-    return Response(
-        encode_json(job.public()),
-        status_code=200 if job.finished else 202,
-        media_type="application/json",
-        headers={"Location": f"/v1/jobs/{job.id}"},
-    )
+    return await started_job(runtime, job, wait, timeout)

@@ -977,11 +977,16 @@ def from_sktime(
 
 
 # ----------------------------------------------------------------------------- storage
-def write_parquet(table: pd.DataFrame, schema: Schema, path: Path) -> None:
+def _as_stored(table: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """A long table as Parquet files keep it: period times as their start timestamps."""
     stored = table.copy()
     if isinstance(stored[schema.time].dtype, pd.PeriodDtype):
         stored[schema.time] = pd.PeriodIndex(stored[schema.time]).start_time
-    stored.to_parquet(path, index=False)
+    return stored
+
+
+def write_parquet(table: pd.DataFrame, schema: Schema, path: Path) -> None:
+    _as_stored(table, schema).to_parquet(path, index=False)
 
 
 def read_parquet(path: Path | io.BytesIO, schema: Schema) -> pd.DataFrame:
@@ -1249,10 +1254,7 @@ class TableFileWriter:
 
     def write(self, table: pd.DataFrame) -> None:
         if self.fmt == "parquet":
-            stored = table.copy()
-            if isinstance(stored[self.schema.time].dtype, pd.PeriodDtype):
-                stored[self.schema.time] = pd.PeriodIndex(stored[self.schema.time]).start_time
-            arrow = pa.Table.from_pandas(stored, preserve_index=False)
+            arrow = pa.Table.from_pandas(_as_stored(table, self.schema), preserve_index=False)
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self.path, arrow.schema)
             self._parquet.write_table(arrow.cast(self._parquet.schema))

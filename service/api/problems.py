@@ -157,21 +157,23 @@ PROTOCOL_ERRORS: list[tuple[str, ProtocolError, str]] = [
 component of its body). Everything else answers RFC 9457 problem+json."""
 
 
+def _protocol(path: str) -> tuple[str, ProtocolError, str] | None:
+    return next((entry for entry in PROTOCOL_ERRORS if path.startswith(entry[0])), None)
+
+
 def protocol_error_schema(path: str) -> dict[str, str] | None:
     """The OpenAPI schema of an error answer on ``path`` when a protocol owns it."""
-    for prefix, _, component in PROTOCOL_ERRORS:
-        if path.startswith(prefix.rstrip("/")):
-            return {"$ref": f"#/components/schemas/{component}"}
-    return None
+    owner = _protocol(path)
+    return {"$ref": f"#/components/schemas/{owner[2]}"} if owner else None
 
 
 def respond(
     path: str, status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
     """An error answer in the form of the protocol that owns ``path``."""
-    for prefix, render, _ in PROTOCOL_ERRORS:
-        if path.startswith(prefix):
-            return render(status, title, detail, headers, extra)
+    owner = _protocol(path)
+    if owner is not None:
+        return owner[1](status, title, detail, headers, extra)
     return problem(status, title, detail, headers=headers, **extra)
 
 
@@ -186,12 +188,11 @@ async def send_problem(
 ) -> None:
     """A problem answer from pure ASGI middleware (before or without FastAPI), in the form of
     the protocol that owns ``path``."""
-    for prefix, render, _ in PROTOCOL_ERRORS:
-        if path.startswith(prefix):
-            answer = render(status, title, detail, {k.decode(): v.decode() for k, v in headers}, extra)
-            await send({"type": "http.response.start", "status": status, "headers": answer.raw_headers})
-            await send({"type": "http.response.body", "body": answer.body})
-            return
+    if _protocol(path) is not None:
+        answer = respond(path, status, title, detail, {k.decode(): v.decode() for k, v in headers}, **extra)
+        await send({"type": "http.response.start", "status": status, "headers": answer.raw_headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        return
     body = problem_body(status, title, detail, **extra)
     await send(
         {

@@ -266,6 +266,12 @@ class ServedVersion:
         return names
 
     # ------------------------------------------------------------------ checks
+    def check(self, query: PredictQuery, limits: Limits) -> list[int]:
+        """The relative steps ``query`` asks for, checked as an answer checks them (horizon
+        bounds, intervals and quantiles the version can give), without answering it."""
+        self._check_probabilistic(query)
+        return self._steps(query, self.cutoff, limits)
+
     def _check_probabilistic(self, query: PredictQuery) -> None:
         for asked, capability in ((query.coverage, "pred_int"), (query.quantiles, "quantiles")):
             if not asked:

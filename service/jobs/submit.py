@@ -16,7 +16,7 @@ from service.datasets.store import DatasetStore
 from service.errors import InvalidInput, SeriesNotFound, SpecError
 from service.forecasting.backtest import BacktestRequest, validate_request
 from service.forecasting.leaderboard import LeaderboardRequest, check_request
-from service.forecasting.served import ServedVersion
+from service.forecasting.served import Limits, PredictQuery, ServedVersion
 from service.forecasting.specs import read_spec
 from service.forecasting.training import spec_forecaster
 from service.jobs.retention import job_dir
@@ -194,36 +194,28 @@ EXPORT_FORMATS = {"parquet": ".parquet", "csv": ".csv"}
 def submit_export(
     jobs: JobStore,
     served: ServedVersion,
-    horizon: int | None,
-    coverage: tuple[float, ...],
-    quantiles: tuple[float, ...],
+    query: PredictQuery,
+    limits: Limits,
     fmt: str,
     target_dir: str | None,
     submitter: str | None = None,
     max_active: int | None = None,
-    max_horizon: int = 500,
 ) -> Job:
-    """Check what the version can forecast (422 before any job is stored), then queue an export."""
+    """Check ``query`` as a forecast of the version would be checked (422 before any job is
+    stored), then queue an export of it for every series."""
     schema = served.schema
     if schema.exogenous:
         raise InvalidInput(
             f"{served.name} needs future values of {list(schema.exogenous)}: a batch export cannot supply them; "
-            "use POST /v1/models/{name}/predict with 'exogenous'".replace("{name}", served.name),
+            f"use POST /v1/models/{served.name}/predict with 'exogenous'",
             field="model",
         )
-    steps = int(horizon or served.manifest["horizon"])
-    if steps > max_horizon:
-        raise InvalidInput(f"'horizon' is {steps}; the maximum is {max_horizon}", field="horizon")
-    for wanted, capability in ((coverage, "pred_int"), (quantiles, "quantiles")):
-        ability = served.capabilities.get(capability) or {}
-        if wanted and not ability.get("available", False):
-            field = "coverage" if capability == "pred_int" else "quantiles"
-            raise InvalidInput(f"{served.name} cannot give {field}: {ability.get('reason')}", field=field)
+    steps = served.check(query, limits)
     params = {
         "version": served.version,
-        "horizon": steps,
-        "coverage": list(coverage),
-        "quantiles": list(quantiles),
+        "horizon": steps[-1],
+        "coverage": list(query.coverage),
+        "quantiles": list(query.quantiles),
         "format": fmt,
         "target_dir": target_dir,
     }

@@ -12,6 +12,7 @@ from service.api.deps import CallerDep, ReadAccess, RuntimeDep
 from service.api.job_answers import WaitQuery, WaitTimeout, started_job
 from service.api.problems import PROBLEM, PROBLEM_RESPONSES
 from service.errors import Conflict, NotFound
+from service.forecasting.served import PredictQuery
 from service.jobs.submit import export_file, submit_export
 from service.schemas.jobs import ExportBody, JobOut
 
@@ -37,21 +38,10 @@ async def start_export(
 ) -> Response:
     served = await runtime.served(name, body.version, body.alias)
     settings = runtime.settings
-    submit = functools.partial(
-        submit_export, max_active=settings.max_active_jobs_per_key, max_horizon=settings.max_horizon
-    )
+    query = PredictQuery(horizon=body.horizon, coverage=tuple(body.coverage), quantiles=tuple(body.quantiles))
     target = str(settings.export_dir.resolve()) if settings.export_dir else None
-    job = await runtime.run_blocking(
-        submit,
-        runtime.jobs,
-        served,
-        body.horizon,
-        tuple(body.coverage),
-        tuple(body.quantiles),
-        body.format,
-        target,
-        caller,
-    )
+    submit = functools.partial(submit_export, submitter=caller, max_active=settings.max_active_jobs_per_key)
+    job = await runtime.run_blocking(submit, runtime.jobs, served, query, runtime.limits, body.format, target)
     runtime.runner.wake()
     return await started_job(runtime, job, wait, timeout)
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header
 from starlette.responses import RedirectResponse, Response
 
 from service.api.deps import RuntimeDep
-from service.errors import ServiceError
+from service.errors import NotFound, ServiceError
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -20,6 +20,7 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
+PAGE_FILES = ("app.js", "style.css")
 HEADERS = {
     # the page runs only its own script, talks only to this server, shows images it fetched
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
@@ -45,16 +46,6 @@ async def ui_page() -> Response:
     return _asset("index.html")
 
 
-@router.get("/app.js")
-async def ui_script() -> Response:
-    return _asset("app.js")
-
-
-@router.get("/style.css")
-async def ui_style() -> Response:
-    return _asset("style.css")
-
-
 @router.get("/session")
 async def ui_session(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> dict[str, object]:
     """The role the page's key has (None: no key, or not a valid one) and whether keys are required."""
@@ -63,3 +54,11 @@ async def ui_session(runtime: RuntimeDep, authorization: Annotated[str | None, H
     except ServiceError:
         role = None
     return {"role": role, "keys_required": not runtime.keys.open}
+
+
+@router.get("/{asset}")
+async def ui_asset(asset: str) -> Response:
+    """The page's script and stylesheet: nothing else is served from the folder."""
+    if asset not in PAGE_FILES:
+        raise NotFound(f"the dashboard has no file {asset[:100]!r}: open /ui/")
+    return _asset(asset)
